@@ -1,0 +1,234 @@
+"""The engine: one process's memory -> ``Program`` (code objects, functions, classes, modules).
+
+Everything here is best effort per object: an unreadable or corrupt object becomes a warning and the
+walk goes on, so a smeared image still yields a partial table.
+"""
+
+import struct
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..errors import CorruptObjectError, MemoryReadError
+from ..memory import ProcessMemory
+from ..representation.program import ClassInfo, CodeObject, CodeRef, Function, InterpreterInfo, ModuleInfo, Program
+from .code import CodeReader
+from .heap import Heap, Py_TPFLAGS_HEAPTYPE
+from .objects import ObjectReader
+from .runtime import METHODS, Runtime, find_runtime
+
+_U64 = struct.Struct("<Q")
+ProgressFn = Callable[[float, str], None]
+MAX_WARNINGS = 200
+
+
+class PythonProcess:
+    """An opened CPython process: runtime found, readers ready.  The entry point of the library."""
+
+    def __init__(self, memory: ProcessMemory, methods: Sequence[str] = METHODS):
+        self.memory = memory
+        self.runtime: Runtime = find_runtime(memory, methods)
+        self.layout = self.runtime.layout
+        self.objects = ObjectReader(memory, self.layout)
+        self.heap = Heap(self.runtime, self.objects)
+        self.code_reader = CodeReader(self.objects)
+        L = self.layout
+        self._f = {name: L.offset("PyFunctionObject", name) for name in (
+            "func_code", "func_name", "func_qualname", "func_module", "func_defaults", "func_kwdefaults",
+            "func_closure", "func_globals")}
+        self._classmethod_callable = L.offset("classmethod", "cm_callable")
+        self._staticmethod_callable = L.offset("staticmethod", "sm_callable")
+        self._property_get = L.offset("propertyobject", "prop_get")
+
+    @property
+    def interpreter_info(self) -> InterpreterInfo:
+        rt = self.runtime
+        return InterpreterInfo(rt.version, rt.runtime, rt.interpreter, rt.method, rt.image.path)
+
+    # -- functions -------------------------------------------------------------------------------
+    def read_function(self, address: int) -> Function:
+        o = self.objects
+        raw = o.mem.read(address, max(self._f.values()) + 8)
+        p = {k: _U64.unpack_from(raw, off)[0] for k, off in self._f.items()}
+        module = None
+        if p["func_module"] and o.kind(p["func_module"]) == "str":
+            module = o.read_str(p["func_module"])
+        name = o.read_str(p["func_name"])
+        qualname = o.read_str(p["func_qualname"])
+        defaults = len(o.tuple_items(p["func_defaults"])) if p["func_defaults"] else 0
+        kwdefaults = 0
+        if p["func_kwdefaults"] and o.kind(p["func_kwdefaults"]) == "dict":
+            kwdefaults = sum(1 for _ in o.dict_items(p["func_kwdefaults"]))
+        closure = len(o.tuple_items(p["func_closure"])) if p["func_closure"] else 0
+        return Function(address, p["func_code"], name, qualname, module, defaults, kwdefaults, closure,
+                        function_kind(name, qualname))
+
+    # -- classes ---------------------------------------------------------------------------------
+    def read_class(self, address: int) -> ClassInfo:
+        o = self.objects
+        name = o.read_str(o.u64(address + o.off_ht_name))
+        qualname = o.read_str(o.u64(address + o.off_ht_qualname))
+        bases_ptr = o.u64(address + o.off_tp_bases)
+        mro_ptr = o.u64(address + o.off_tp_mro)
+        bases = list(o.tuple_items(bases_ptr)) if bases_ptr else []
+        mro = list(o.tuple_items(mro_ptr)) if mro_ptr else []
+        namespace = o.str_dict(o.u64(address + o.off_tp_dict))
+        module = None
+        if "__module__" in namespace and o.kind(namespace["__module__"]) == "str":
+            module = o.read_str(namespace["__module__"])
+        methods = {}
+        for attr, value in namespace.items():
+            func = self.method_function(value)
+            if func:
+                methods[attr] = func
+        return ClassInfo(address, name, qualname, module, bases, mro, methods)
+
+    def method_function(self, value: int) -> Optional[int]:
+        """The function behind a class attribute: plain, staticmethod, classmethod or property getter."""
+        o = self.objects
+        try:
+            kind = o.kind(value)
+            if kind == "function":
+                return value
+            inner = None
+            if kind == "staticmethod":
+                inner = o.u64(value + self._staticmethod_callable)
+            elif kind == "classmethod":
+                inner = o.u64(value + self._classmethod_callable)
+            elif kind == "property":
+                inner = o.u64(value + self._property_get)
+            if inner and o.kind(inner) == "function":
+                return inner
+        except MemoryReadError:
+            pass
+        return None
+
+    # -- whole program -------------------------------------------------------------------------
+    def recover(self, progress: Optional[ProgressFn] = None) -> Program:
+        o = self.objects
+        program = Program(self.memory.pid, self.memory.name, self.interpreter_info)
+        warn = _Warnings(program.warnings)
+        function_addrs: List[int] = []
+        class_addrs: List[int] = []
+        function_type = None
+        if progress:
+            progress(0.0, "Walking the GC lists")
+        for obj, type_addr in self.heap.gc_objects():
+            if type_addr == function_type:
+                function_addrs.append(obj)
+                continue
+            kind = o.kind_of_type(type_addr)
+            if kind == "function":
+                function_type = type_addr
+                function_addrs.append(obj)
+            elif self.heap.is_type_object(type_addr):
+                try:
+                    if o.type_flags(obj) & Py_TPFLAGS_HEAPTYPE:
+                        class_addrs.append(obj)
+                except MemoryReadError:
+                    warn.add(f"type object at 0x{obj:x} unreadable")
+        for w in self.heap.warnings:
+            warn.add(w)
+
+        total = len(function_addrs) + len(class_addrs) or 1
+        for i, addr in enumerate(function_addrs):
+            if progress and i % 5000 == 0:
+                progress(100.0 * i / total, f"Reading functions ({i}/{len(function_addrs)})")
+            try:
+                program.functions[addr] = self.read_function(addr)
+            except (MemoryReadError, CorruptObjectError) as exc:
+                warn.add(f"function at 0x{addr:x}: {exc}")
+        for i, addr in enumerate(class_addrs):
+            try:
+                program.classes[addr] = self.read_class(addr)
+            except (MemoryReadError, CorruptObjectError) as exc:
+                warn.add(f"class at 0x{addr:x}: {exc}")
+        if progress:
+            progress(90.0, "Reading code objects")
+        self._read_code_objects(program, warn)
+        if progress:
+            progress(97.0, "Reading modules")
+        self._read_modules(program, warn)
+        for w in o.warnings:
+            warn.add(w)
+        return program
+
+    def _read_code_objects(self, program: Program, warn: "_Warnings") -> None:
+        pending = [f.code for f in program.functions.values()]
+        code_objects = program.code_objects
+        while pending:
+            addr = pending.pop()
+            if addr in code_objects or not addr:
+                continue
+            try:
+                code = self.code_reader.read(addr)
+            except (MemoryReadError, CorruptObjectError, UnicodeDecodeError) as exc:
+                warn.add(f"code object at 0x{addr:x}: {exc}")
+                code_objects[addr] = None  # tried; do not retry
+                continue
+            code_objects[addr] = code
+            pending.extend(_nested_code(code.consts))
+        for addr in [a for a, c in code_objects.items() if c is None]:
+            del code_objects[addr]
+
+    def _read_modules(self, program: Program, warn: "_Warnings") -> None:
+        o = self.objects
+        try:
+            modules = self.heap.modules()
+        except (MemoryReadError, CorruptObjectError) as exc:
+            warn.add(f"modules dict unreadable: {exc}")
+            return
+        for name, addr in modules.items():
+            info = ModuleInfo(addr, name, None)
+            try:
+                namespace = o.str_dict(o.u64(addr + o.off_md_dict))
+            except (MemoryReadError, CorruptObjectError) as exc:
+                warn.add(f"module {name}: dict unreadable ({exc})")
+                program.modules[name] = info
+                continue
+            file_addr = namespace.get("__file__")
+            try:
+                if file_addr and o.kind(file_addr) == "str":
+                    info.file = o.read_str(file_addr)
+            except (MemoryReadError, CorruptObjectError):
+                pass
+            for value in namespace.values():
+                if value in program.functions and program.functions[value].module == name:
+                    info.functions.append(value)
+                elif value in program.classes and program.classes[value].module == name:
+                    info.classes.append(value)
+            program.modules[name] = info
+
+
+def function_kind(name: str, qualname: str) -> str:
+    if name == "<lambda>":
+        return "lambda"
+    if "<locals>" in qualname:
+        return "nested"
+    if "." in qualname:
+        return "method"
+    return "function"
+
+
+def _nested_code(consts) -> List[int]:
+    out = []
+    for c in consts:
+        if isinstance(c, CodeRef):
+            out.append(c.address)
+        elif isinstance(c, (tuple, frozenset)):
+            out.extend(_nested_code(c))
+    return out
+
+
+class _Warnings:
+    """Keeps the first MAX_WARNINGS warnings and counts the rest (a smeared image can yield thousands)."""
+
+    def __init__(self, sink: List[str]):
+        self.sink = sink
+        self.dropped = 0
+
+    def add(self, text: str) -> None:
+        if len(self.sink) < MAX_WARNINGS:
+            self.sink.append(text)
+        else:
+            self.dropped += 1
+            if self.dropped == 1:
+                self.sink.append("further warnings suppressed")
