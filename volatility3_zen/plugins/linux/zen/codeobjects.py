@@ -1,0 +1,81 @@
+"""linux.zen.codeobjects: the Python code objects of every CPython process, with original bytecode."""
+
+import json
+import logging
+import re
+from typing import Iterator, List, Optional, Tuple
+
+from volatility3.framework import interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+
+from volatility3_zen.zenlib import session
+from volatility3_zen.zenlib.analysis.code_index import CodeEntry, index_code_objects
+
+vollog = logging.getLogger(__name__)
+
+
+class CodeObjects(interfaces.plugins.PluginInterface):
+    """Recovers every Python function / code object of each CPython 3.7-3.13 process (original bytecode)."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return session.common_requirements() + [
+            requirements.StringRequirement(name="module", description="Only code whose module matches this regex", optional=True),
+            requirements.BooleanRequirement(name="user-only", description="Only user code (not stdlib or site-packages)", default=False, optional=True),
+            requirements.BooleanRequirement(name="dump", description="Write a marshal file per code object and a JSON index", default=False, optional=True),
+            requirements.BooleanRequirement(name="decompile", description="Decompiled source (or disassembly where no decompiler supports the version)", default=False, optional=True),
+        ]
+
+    def _generator(self) -> Iterator[Tuple[int, tuple]]:
+        module_filter = re.compile(self.config["module"]) if self.config.get("module") else None
+        user_only = self.config.get("user-only")
+        for proc, program in session.programs(self.context, self.config, self._progress_callback):
+            entries = [
+                e for e in index_code_objects(program)
+                if (not user_only or e.user_code) and (module_filter is None or module_filter.search(e.module or ""))
+            ]
+            if self.config.get("dump"):
+                self._dump(proc, program, entries)
+            for e in entries:
+                yield 0, self._row(program, e)
+
+    def _row(self, program, e: CodeEntry) -> tuple:
+        row = (
+            program.pid,
+            program.process,
+            program.interpreter.version,
+            e.module or renderers.NotAvailableValue(),
+            e.qualname,
+            e.code.filename,
+            e.code.firstlineno,
+            e.code.argcount,
+            e.code.nlocals,
+            len(e.code.code),
+            e.sha256,
+            e.kind,
+            e.user_code,
+            format_hints.Hex(e.code.address),
+            e.function_id,
+        )
+        if self.config.get("decompile"):
+            row += (session.source_text(program, e.code),)
+        return row
+
+    def _dump(self, proc, program, entries: List[CodeEntry]) -> None:
+        index = session.dump_code_objects(program, entries, self.open)
+        with self.open(f"codeobjects-{program.pid}.json") as fh:
+            fh.write(json.dumps(index, indent=1, sort_keys=True).encode())
+
+    def run(self) -> renderers.TreeGrid:
+        columns = [
+            ("PID", int), ("Process", str), ("Python", str), ("Module", str), ("Qualname", str), ("File", str),
+            ("Line", int), ("Args", int), ("Locals", int), ("Bytecode", int), ("SHA256", str), ("Kind", str),
+            ("User", bool), ("Code", format_hints.Hex), ("FunctionID", str),
+        ]
+        if self.config.get("decompile"):
+            columns.append(("Source", str))
+        return renderers.TreeGrid(columns, self._generator())

@@ -1,0 +1,1 @@
+"""Analysis on representations only (no image needed): indexes, similarity, attribution, diff, patches."""

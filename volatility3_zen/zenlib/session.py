@@ -1,0 +1,149 @@
+"""What every ``linux.zen.*`` plugin shares: requirements, the choice of processes, the error policy.
+
+Plain functions (not a plugin base class: Volatility lists every PluginInterface subclass it sees).
+
+Error policy: a process the user named with ``--pid`` that cannot be analysed is a fatal, one-line
+error (non-zero exit); when scanning every process, such a process is a warning and the scan goes on.
+An image with neither a Linux kernel nor a process core is fatal, never a silent empty table.
+"""
+
+import hashlib
+import logging
+import re
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from volatility3.framework import interfaces
+from volatility3.framework.configuration import requirements
+from volatility3.plugins.linux import pslist
+
+from . import automagic as _register_automagic  # noqa: F401 - Volatility finds automagics by subclass
+from . import volatility as volglue
+from .cpython.recover import PythonProcess
+from .cpython.runtime import hosts_python
+from .errors import ZenError
+from .representation.program import CodeObject, Program
+
+vollog = logging.getLogger(__name__)
+MAX_REPORTED_WARNINGS = 20
+
+
+def common_requirements() -> List[interfaces.configuration.RequirementInterface]:
+    return [
+        requirements.TranslationLayerRequirement(name="primary", description="Memory layer (LiME image or process core)"),
+        requirements.ModuleRequirement(
+            name="kernel", description="Linux kernel (absent for a single-process core)", architectures=["Intel64"], optional=True
+        ),
+        requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(4, 0, 0)),
+        requirements.ListRequirement(name="pid", element_type=int, description="Process IDs to examine (default: every process hosting CPython)", optional=True),
+    ]
+
+
+def fail(message: str) -> None:
+    """A fatal, one-line error for the investigator and a non-zero exit (no traceback)."""
+    vollog.error(message)
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonProcess]]:
+    """Opened CPython processes of the image, following the error policy above."""
+    pids = config.get("pid") or None
+    kernel = config.get("kernel")
+    found_pids = set()
+    any_target = False
+    opened = 0
+    for target in volglue.targets(context, kernel, pids):
+        any_target = True
+        found_pids.add(target.pid)
+        named = bool(pids)
+        if target.memory is None:
+            if named:
+                fail(f"PID {target.pid} ({target.name}) has no user address space (kernel thread or exiting process)")
+            continue
+        try:
+            if not hosts_python(target.memory):
+                if named:
+                    fail(f"PID {target.pid} ({target.name}) does not host a CPython interpreter")
+                continue
+            process = PythonProcess(target.memory)
+        except ZenError as exc:
+            if named:
+                fail(f"PID {target.pid} ({target.name}): {exc}")
+            vollog.warning("PID %d (%s): %s", target.pid, target.name, exc)
+            continue
+        opened += 1
+        yield target, process
+    if not any_target:
+        if kernel and kernel in context.modules:
+            fail("no process matched" + (f" PID(s) {', '.join(map(str, pids))}" if pids else ""))
+        fail("no Linux kernel and no process core found: the file is not a supported memory image, is truncated,"
+             " or its kernel symbols (ISF) are missing or do not match (pass the ISF folder with -s)")
+    for pid in pids or []:
+        if pid not in found_pids:
+            fail(f"PID {pid} not found in the image")
+    if opened == 0:
+        vollog.warning("no CPython process found in the image")
+
+
+def programs(context, config, progress: Optional[Callable] = None) -> Iterator[Tuple[volglue.Target, Program]]:
+    """The recovered ``Program`` of every selected CPython process, with warnings reported."""
+    for target, process in python_processes(context, config):
+        prefix = f"PID {target.pid}"
+        report = (lambda pct, text: progress(pct, f"{prefix}: {text}")) if progress else None
+        program = process.recover(report)
+        report_warnings(target, program.warnings)
+        volglue.clear_volatility_caches()
+        yield target, program
+
+
+def report_warnings(target, warnings: List[str]) -> None:
+    for text in warnings[:MAX_REPORTED_WARNINGS]:
+        vollog.warning("PID %d: %s", target.pid, text)
+    if len(warnings) > MAX_REPORTED_WARNINGS:
+        vollog.warning("PID %d: %d more warnings (use -vv to see them)", target.pid, len(warnings) - MAX_REPORTED_WARNINGS)
+        for text in warnings[MAX_REPORTED_WARNINGS:]:
+            vollog.info("PID %d: %s", target.pid, text)
+
+
+def _version_tuple(program: Program) -> Tuple[int, int]:
+    major, minor = program.interpreter.version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def source_text(program: Program, code: CodeObject) -> str:
+    """Decompiled source where a decompiler supports the version, else disassembly."""
+    from .cpython import disassemble
+
+    version = _version_tuple(program)
+    resolve = program.code_objects.__getitem__
+    text = disassemble.decompile(code, resolve, version)
+    return text if text is not None else disassemble.disassemble(code, resolve, version)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def dump_code_objects(program: Program, entries, open_file) -> Dict:
+    """One marshal file per code object (loadable by ``marshal.loads`` of the image's Python version)
+    plus source / disassembly text, written through the plugin's ``open``; returns the JSON index."""
+    from .cpython import marshal_writer
+
+    version = _version_tuple(program)
+    resolve = program.code_objects.__getitem__
+    index = {"pid": program.pid, "process": program.process, "python": program.interpreter.version, "code_objects": []}
+    for e in entries:
+        stem = f"pid{program.pid}.{_UNSAFE.sub('_', (e.module or 'unknown') + '.' + e.qualname)[:120]}.{e.code.address:x}"
+        data = marshal_writer.dumps_code(e.code, resolve, version)
+        with open_file(stem + ".marshal") as fh:
+            fh.write(data)
+        source = source_text(program, e.code)
+        with open_file(stem + ".txt") as fh:
+            fh.write(source.encode("utf-8", "surrogateescape"))
+        index["code_objects"].append({
+            "function_id": e.function_id, "address": e.code.address, "module": e.module, "qualname": e.qualname,
+            "kind": e.kind, "user_code": e.user_code, "filename": e.code.filename, "firstlineno": e.code.firstlineno,
+            "co_code_sha256": e.sha256, "marshal": stem + ".marshal", "marshal_sha256": hashlib.sha256(data).hexdigest(),
+            "source": stem + ".txt", "quickened_in_memory": e.code.quickened,
+        })
+    return index
