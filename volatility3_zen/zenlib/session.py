@@ -56,6 +56,8 @@ def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonPr
     for target in volglue.targets(context, kernel, pids):
         any_target = True
         found_pids.add(target.pid)
+        if pids and target.pid not in pids:
+            continue
         named = bool(pids)
         if target.memory is None:
             if named:
@@ -81,7 +83,8 @@ def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonPr
              " or its kernel symbols (ISF) are missing or do not match (pass the ISF folder with -s)")
     for pid in pids or []:
         if pid not in found_pids:
-            fail(f"PID {pid} not found in the image")
+            fail(f"PID {pid} not found in the image (it holds PID {', '.join(map(str, sorted(found_pids)))})"
+                 if len(found_pids) <= 5 else f"PID {pid} not found in the image")
     if opened == 0:
         vollog.warning("no CPython process found in the image")
 

@@ -123,20 +123,19 @@ def utility_comm(task) -> str:
         return "?"
 
 
-def core_targets(context, pids: Optional[Iterable[int]] = None) -> Iterator[Target]:
+def core_targets(context) -> Iterator[Target]:
     """The process of every ELF process core opened in this context."""
-    wanted = set(pids) if pids else None
     for layer in list(context.layers.values()):
         if isinstance(layer, ProcessCoreLayer):
-            if wanted and layer.pid not in wanted:
-                continue
             memory = ProcessMemory(layer.regions(), layer_reader(context, layer.name), layer.pid, layer.process_name)
             yield Target(layer.pid, layer.process_name, memory, "core")
 
 
 def targets(context, kernel_module_name: Optional[str], pids: Optional[Iterable[int]] = None) -> Iterator[Target]:
-    """Processes of the image: from the kernel when there is one, else from process cores."""
+    """Processes of the image: from the kernel when there is one, else from process cores.
+
+    A core holds one process whatever ``pids`` says; callers check the PID themselves."""
     if kernel_module_name and kernel_module_name in context.modules:
         yield from kernel_targets(context, kernel_module_name, pids)
     else:
-        yield from core_targets(context, pids)
+        yield from core_targets(context)

@@ -102,6 +102,9 @@ def validate(memory: ProcessMemory, layout: CPythonLayout, runtime: int) -> Opti
             return None
         if memory.read_u64(tstate + layout.offset("PyThreadState", "interp")) != head:
             return None
+        # 3.9+ interpreters point back at their runtime: rules out look-alike pairs in .data.
+        if layout.has("PyInterpreterState", "runtime") and memory.read_u64(head + layout.offset("PyInterpreterState", "runtime")) != runtime:
+            return None
         return head
     except MemoryReadError:
         return None
