@@ -11,6 +11,8 @@ swapped order, which names LOAD_DEREF/LOAD_CLOSURE arguments wrongly whenever a 
 import contextlib
 import importlib
 import io
+import signal
+import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from xdis.bytecode import Bytecode
@@ -69,14 +71,37 @@ def normalized_disassembly(code: CodeObject, resolve: Resolver, version: Version
     ]
 
 
-def decompile(code: CodeObject, resolve: Resolver, version: Version) -> Optional[str]:
-    """Python source for ``code`` from the first decompiler in DECOMPILERS that is installed and
-    succeeds, or None (the caller then shows the disassembly).  For a module or class body that is
-    the whole body; for a function it is the function's body only: its defaults live in the function
-    object, not in the code.
+class _TimeUp(BaseException):  # not Exception: decompilers catch those and carry on
+    pass
 
-    decompyle3 and uncompyle6 3.9 import xdis's pre-6.3 opcode modules, so with xdis 6.3 they fail
-    and this returns None; ``pip install volatility3-zen[decompile]`` resolves to an xdis they load.
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Interrupts a runaway decompiler (their parsers can take minutes and gigabytes on large module
+    bodies).  Only possible in the main thread; elsewhere there is no limit."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expire(_signum, _frame):
+        raise _TimeUp()
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def decompile(code: CodeObject, resolve: Resolver, version: Version, time_limit: float = 5.0) -> Optional[str]:
+    """Python source for ``code`` from the first decompiler in DECOMPILERS that is installed and
+    succeeds within ``time_limit`` seconds, or None (the caller then shows the disassembly).  For a
+    module or class body that is the whole body; for a function it is the function's body only: its
+    defaults live in the function object, not in the code.
+
+    decompyle3 and uncompyle6 3.9 import xdis's pre-6.3 opcode modules (setup.cfg pins xdis below 6.3).
     """
     version = supported_version(version)
     for package in DECOMPILERS.get(version, ()):
@@ -84,7 +109,11 @@ def decompile(code: CodeObject, resolve: Resolver, version: Version) -> Optional
             pysource = importlib.import_module(f"{package}.semantics.pysource")
         except ImportError:
             continue
-        text = _quietly(pysource.deparse_code2str, xdis_code(code, resolve, version), version)
+        try:
+            with _time_limit(time_limit):
+                text = _quietly(pysource.deparse_code2str, xdis_code(code, resolve, version), version)
+        except _TimeUp:
+            continue
         if text and not text.startswith("# deparse failed"):
             return text
     return None

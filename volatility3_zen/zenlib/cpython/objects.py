@@ -164,6 +164,18 @@ class ObjectReader:
     def kind(self, obj: int) -> str:
         return self.kind_of_type(self.type_of(obj))
 
+    def base_kind(self, obj: int) -> str:
+        """Like ``kind``, but a heap subclass reports the builtin it derives from (via tp_base)."""
+        type_addr = self.type_of(obj)
+        for _ in range(64):
+            kind = self.kind_of_type(type_addr)
+            if kind != "heap":
+                return kind
+            type_addr = self.u64(type_addr + self.off_tp_base)
+            if not type_addr:
+                break
+        return "other"
+
     # -- scalars ------------------------------------------------------------------------------------
     def read_str(self, obj: int) -> str:
         cached = self._str_cache.get(obj)
@@ -320,7 +332,7 @@ class ObjectReader:
         return out
 
     # -- generic constants --------------------------------------------------------------------------
-    def read_const(self, obj: int, code_kind: str = "code", depth: int = 0) -> Any:
+    def read_const(self, obj: int, depth: int = 0) -> Any:
         """Decode a code-object constant. Nested code objects come back as ``CodeRef(address)``."""
         if depth > 64:
             raise CorruptObjectError(f"constant at 0x{obj:x} nests too deeply")
@@ -342,9 +354,9 @@ class ObjectReader:
         if kind == "ellipsis":
             return Ellipsis
         if kind == "tuple":
-            return tuple(self.read_const(i, code_kind, depth + 1) for i in self.tuple_items(obj))
+            return tuple(self.read_const(i, depth + 1) for i in self.tuple_items(obj))
         if kind == "frozenset":
-            return frozenset(self.read_const(i, code_kind, depth + 1) for i in self.set_items(obj))
-        if kind == code_kind:
+            return frozenset(self.read_const(i, depth + 1) for i in self.set_items(obj))
+        if kind == "code":
             return CodeRef(obj)
         raise CorruptObjectError(f"constant at 0x{obj:x} has unexpected type {self.type_name(self.type_of(obj))!r}")

@@ -82,10 +82,11 @@ class PythonProcess:
         return ClassInfo(address, name, qualname, module, bases, mro, methods)
 
     def method_function(self, value: int) -> Optional[int]:
-        """The function behind a class attribute: plain, staticmethod, classmethod or property getter."""
+        """The function behind a class attribute: plain, staticmethod, classmethod or property getter
+        (subclasses included, e.g. abc.abstractproperty)."""
         o = self.objects
         try:
-            kind = o.kind(value)
+            kind = o.base_kind(value)
             if kind == "function":
                 return value
             inner = None
