@@ -61,8 +61,8 @@ class ProcessMemory:
         self._read_run = read_run
         self.pid = pid
         self.name = name
-        # chunk base -> (bytes, present runs as a sorted flat list of (start, end) absolute addresses)
-        self._chunks: Dict[int, Tuple[bytes, List[Tuple[int, int]]]] = {}
+        # chunk base -> (bytes, present [start, end) runs in absolute addresses, fully present?)
+        self._chunks: Dict[int, Tuple[bytes, List[Tuple[int, int]], bool]] = {}
         self.bytes_loaded = 0
 
     # -- regions ---------------------------------------------------------------------------------
@@ -76,31 +76,25 @@ class ProcessMemory:
         return self.region_at(address) is not None
 
     # -- reads -----------------------------------------------------------------------------------
-    def _chunk(self, base: int) -> Tuple[bytes, List[Tuple[int, int]]]:
+    def _chunk(self, base: int) -> Tuple[bytes, List[Tuple[int, int]], bool]:
+        """(bytes, present runs, fully present?) of the chunk starting at ``base``."""
         chunk = self._chunks.get(base)
         if chunk is None:
-            region = self.region_at(base)
-            # Clip the chunk to regions so that the backend is never asked for unmapped memory.
-            data, present = self._read_run(base, self.CHUNK) if region is not None else (b"", [])
-            if region is None:
-                # The chunk starts in a hole; read from the next region inside the chunk, if any.
-                i = bisect.bisect_right(self._starts, base)
-                if i < len(self.regions) and self.regions[i].start < base + self.CHUNK:
-                    data, present = self._read_run(base, self.CHUNK)
-                else:
-                    data, present = bytes(self.CHUNK), []
-            present = [(max(s, base), min(e, base + self.CHUNK)) for s, e in present if e > base and s < base + self.CHUNK]
-            chunk = (data, present)
+            end = base + self.CHUNK
+            i = bisect.bisect_right(self._starts, base) - 1
+            touches_region = (i >= 0 and base < self.regions[i].end) or (
+                i + 1 < len(self.regions) and self.regions[i + 1].start < end)
+            # Never ask the backend for a chunk that lies wholly in a hole between regions.
+            data, present = self._read_run(base, self.CHUNK) if touches_region else (bytes(self.CHUNK), [])
+            present = [(max(s, base), min(e, end)) for s, e in present if e > base and s < end]
+            chunk = (data, present, present == [(base, end)])
             self._chunks[base] = chunk
             self.bytes_loaded += len(data)
         return chunk
 
-    def _present(self, present: Sequence[Tuple[int, int]], start: int, end: int) -> bool:
-        for s, e in present:
-            if s <= start and end <= e:
-                return True
-        # A read may straddle two adjacent present runs.
-        pos = start
+    @staticmethod
+    def _present(present: Sequence[Tuple[int, int]], start: int, end: int) -> bool:
+        pos = start  # walk adjacent runs: a read may straddle two of them
         for s, e in present:
             if s <= pos < e:
                 pos = e
@@ -111,18 +105,24 @@ class ProcessMemory:
     def read(self, address: int, size: int) -> bytes:
         if size <= 0:
             return b""
+        base = address - address % self.CHUNK
+        end = address + size
+        if end <= base + self.CHUNK:  # the common case: one chunk
+            data, present, full = self._chunks.get(base) or self._chunk(base)
+            if not full and not self._present(present, address, end):
+                raise MemoryReadError(address, size, "not present in the image")
+            return data[address - base : end - base]
         out = []
         pos = address
-        end = address + size
         while pos < end:
-            base = pos - (pos % self.CHUNK)
-            data, present = self._chunk(base)
+            base = pos - pos % self.CHUNK
+            data, present, full = self._chunk(base)
             take_end = min(end, base + self.CHUNK)
-            if not self._present(present, pos, take_end):
+            if not full and not self._present(present, pos, take_end):
                 raise MemoryReadError(address, size, "not present in the image")
             out.append(data[pos - base : take_end - base])
             pos = take_end
-        return out[0] if len(out) == 1 else b"".join(out)
+        return b"".join(out)
 
     def read_padded(self, address: int, size: int) -> bytes:
         out = []
@@ -130,7 +130,7 @@ class ProcessMemory:
         end = address + size
         while pos < end:
             base = pos - (pos % self.CHUNK)
-            data, _present = self._chunk(base)
+            data = self._chunk(base)[0]
             take_end = min(end, base + self.CHUNK)
             out.append(data[pos - base : take_end - base])
             pos = take_end

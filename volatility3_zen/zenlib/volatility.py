@@ -87,10 +87,17 @@ def _perms(vm_flags: int) -> str:
 
 def task_regions(context, task) -> List[MemoryRegion]:
     regions = []
+    names_by_file = {}  # a library has several VMAs of one file: resolve its path (a dentry walk) once
     for vma in task.mm.get_vma_iter():
         try:
             start, end = int(vma.vm_start), int(vma.vm_end)
-            name = vma.get_name(context, task) or ""
+            vm_file = int(vma.vm_file)
+            if vm_file and vm_file in names_by_file:
+                name = names_by_file[vm_file]
+            else:
+                name = vma.get_name(context, task) or ""
+                if vm_file:
+                    names_by_file[vm_file] = name
             regions.append(MemoryRegion(start, end, _perms(int(vma.vm_flags)), name, vma.get_page_offset()))
         except exceptions.InvalidAddressException:
             vollog.debug("skipping an unreadable VMA of PID %s", task.pid)
