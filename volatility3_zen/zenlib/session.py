@@ -58,13 +58,17 @@ def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonPr
         found_pids.add(target.pid)
         if pids and target.pid not in pids:
             continue
-        named = bool(pids)
+        # A process core holds exactly the process the investigator chose: treat it as named.
+        named = bool(pids) or target.source == "core"
         if target.memory is None:
             if named:
                 fail(f"PID {target.pid} ({target.name}) has no user address space (kernel thread or exiting process)")
             continue
         try:
             if not hosts_python(target.memory):
+                if target.source == "core":
+                    fail(f"PID {target.pid} ({target.name}): no CPython interpreter found in this core"
+                         " (not a Python process, a truncated core, or captured without file-backed pages)")
                 if named:
                     fail(f"PID {target.pid} ({target.name}) does not host a CPython interpreter")
                 continue
@@ -98,6 +102,28 @@ def programs(context, config, progress: Optional[Callable] = None) -> Iterator[T
         report_warnings(target, program.warnings)
         volglue.clear_volatility_caches()
         yield target, program
+
+
+def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchProcess"]]:
+    """CPython processes that imported torch (others are skipped, or fatal when named with --pid)."""
+    from .torch.model import TorchProcess
+
+    pids = config.get("pid") or None
+    found = 0
+    for target, process in python_processes(context, config):
+        try:
+            torch_process = TorchProcess(process)
+        except ZenError as exc:
+            if pids:
+                fail(f"PID {target.pid} ({target.name}): {exc}")
+            vollog.info("PID %d: %s", target.pid, exc)
+            continue
+        found += 1
+        yield target, torch_process
+        report_warnings(target, process.objects.warnings)
+        volglue.clear_volatility_caches()
+    if found == 0:
+        vollog.warning("no process with torch imported found in the image")
 
 
 def report_warnings(target, warnings: List[str]) -> None:
