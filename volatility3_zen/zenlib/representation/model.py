@@ -5,8 +5,10 @@ in, analysis and export consume them without touching process memory again, exce
 tensor's bytes (``TensorReader.read_bytes``).
 """
 
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from .program import encode_const
 
 
 @dataclass
@@ -56,3 +58,94 @@ class TensorInfo:
                 return False
             expected *= size
         return True
+
+
+MODEL_SCHEMA_VERSION = 1
+
+
+def encode_value(value: Any) -> Optional[Dict[str, Any]]:
+    """``encode_const`` extended to lists and str-keyed dicts (module hyper-parameters); the
+    corpus ground truth uses the same form."""
+    if isinstance(value, list):
+        return {"t": "list", "v": [encode_value(v) for v in value]}
+    if isinstance(value, dict):
+        return {"t": "dict", "v": [[k, encode_value(v)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"t": "tuple", "v": [encode_value(v) for v in value]}
+    return encode_const(value)
+
+
+@dataclass
+class ModuleNode:
+    """One nn.Module of a model tree, in ``named_modules()`` order."""
+
+    path: str  # "" for the root, "blocks.0.up" below it
+    address: int
+    class_module: str
+    class_qualname: str
+    depth: int
+    children: List[str]  # child names in registration order
+    hyperparameters: Dict[str, Any]  # public instance attributes of simple types, encoded (encode_value)
+    hooks: List[str]  # names of the non-empty hook dicts (_forward_hooks, ...)
+
+    @property
+    def class_path(self) -> str:
+        return f"{self.class_module}.{self.class_qualname}"
+
+
+@dataclass
+class TensorEntry:
+    """A parameter or buffer under its state_dict-style name."""
+
+    name: str
+    kind: str  # "parameter" or "buffer"
+    persistent: bool  # False for buffers registered with persistent=False (not in state_dict)
+    info: TensorInfo
+    sha256: Optional[str] = None  # of the logical contents (t.contiguous() bytes), when read
+    shares_storage_with: Optional[str] = None  # the first tensor of the model on the same storage
+    warning: Optional[str] = None
+
+
+@dataclass
+class ExecutionContext:
+    python_version: str
+    torch_version: str
+    packages: Dict[str, str]  # top-level modules exposing __version__
+    native_libraries: List[str]  # mapped shared objects
+
+    def requirements(self) -> List[str]:
+        return [f"{name}=={version}" for name, version in sorted(self.packages.items())]
+
+
+@dataclass
+class ModelRepresentation:
+    """The mathematical representation MR of one model root."""
+
+    root_address: int
+    root_class: str
+    modules: List[ModuleNode] = field(default_factory=list)
+    tensors: List[TensorEntry] = field(default_factory=list)
+    graph_edges: List[Tuple[str, str, str]] = field(default_factory=list)  # (kind, from path, to path)
+
+    def state_dict_tensors(self) -> List[TensorEntry]:
+        """What ``state_dict()`` holds: parameters and persistent buffers, first occurrence of each name."""
+        seen = set()
+        out = []
+        for t in self.tensors:
+            if t.persistent and t.name not in seen:
+                seen.add(t.name)
+                out.append(t)
+        return out
+
+    def to_json(self, context: Optional[ExecutionContext] = None) -> Dict[str, Any]:
+        return {
+            "schema": MODEL_SCHEMA_VERSION,
+            "root_address": self.root_address,
+            "root_class": self.root_class,
+            "modules": [dict(asdict(m), class_path=m.class_path) for m in self.modules],
+            "tensors": [dict(asdict(t), info=dict(asdict(t.info), device=t.info.device)) for t in self.tensors],
+            "graph": {"nodes": [m.path for m in self.modules],
+                      "edges": [list(e) for e in self.graph_edges],
+                      "encoding": "contains: parent -> child (registration order); next: consecutive leaf modules in registration order"},
+            "execution_context": asdict(context) if context else None,
+        }

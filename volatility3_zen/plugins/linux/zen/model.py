@@ -1,0 +1,72 @@
+"""linux.zen.model: the PyTorch models of every CPython process (module tree, hyper-parameters, tensors, weights)."""
+
+import json
+import logging
+from typing import Iterator, List, Tuple
+
+from volatility3.framework import interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+
+from volatility3_zen.zenlib import session
+from volatility3_zen.zenlib.torch import export
+
+vollog = logging.getLogger(__name__)
+
+
+class Model(interfaces.plugins.PluginInterface):
+    """Recovers every torch.nn.Module tree with its tensors and weights from CPython processes."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return session.common_requirements() + [
+            requirements.ListRequirement(name="root", element_type=int, description="Only the model roots at these addresses", optional=True),
+            requirements.BooleanRequirement(name="layers", description="One row per module (tree depth)", default=False, optional=True),
+            requirements.BooleanRequirement(name="tensors", description="One row per tensor", default=False, optional=True),
+            requirements.BooleanRequirement(name="dump", description="Write <root>.safetensors and <root>.model.json", default=False, optional=True),
+        ]
+
+    def _generator(self) -> Iterator[Tuple[int, tuple]]:
+        roots = set(self.config.get("root") or [])
+        for target, torch_process in session.torch_processes(self.context, self.config):
+            context = torch_process.execution_context()
+            for model in torch_process.models(read_bytes=True):
+                if roots and model.root_address not in roots:
+                    continue
+                summary = export.summary(model)
+                pid = target.pid
+                if self.config.get("dump"):
+                    export.dump(model, context, torch_process, self.open, f"pid{pid}-{model.root_address:x}")
+                if self.config.get("layers"):
+                    for node in model.modules:
+                        n_params = len(export.tensors_of(model, node.path))
+                        yield node.depth, (pid, format_hints.Hex(model.root_address), node.path or "(root)", node.class_path,
+                                           len(node.children), n_params, json.dumps(node.hyperparameters, sort_keys=True), ",".join(node.hooks))
+                elif self.config.get("tensors"):
+                    for t in model.tensors:
+                        info = t.info
+                        yield 0, (pid, format_hints.Hex(model.root_address), t.name, t.kind, t.persistent, str(list(info.shape)),
+                                  str(list(info.strides)), info.storage_offset, info.dtype, info.device,
+                                  renderers.NotAvailableValue() if info.requires_grad is None else info.requires_grad,
+                                  info.numel, info.nbytes, t.shares_storage_with or "", t.sha256 or renderers.UnreadableValue())
+                else:
+                    yield 0, (pid, target.name, format_hints.Hex(model.root_address), model.root_class, summary.modules,
+                              summary.parameters, summary.buffers, summary.tensors, summary.weights, summary.nbytes,
+                              ",".join(summary.dtypes), ",".join(summary.devices), context.torch_version)
+
+    def run(self) -> renderers.TreeGrid:
+        if self.config.get("layers"):
+            columns = [("PID", int), ("Root", format_hints.Hex), ("Path", str), ("Class", str), ("Children", int),
+                       ("Tensors", int), ("Hyperparameters", str), ("Hooks", str)]
+        elif self.config.get("tensors"):
+            columns = [("PID", int), ("Root", format_hints.Hex), ("Name", str), ("Kind", str), ("Persistent", bool),
+                       ("Shape", str), ("Stride", str), ("Offset", int), ("Dtype", str), ("Device", str),
+                       ("RequiresGrad", bool), ("Numel", int), ("Bytes", int), ("SharesStorageWith", str), ("SHA256", str)]
+        else:
+            columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("Class", str), ("Modules", int),
+                       ("Parameters", int), ("Buffers", int), ("Tensors", int), ("Weights", int), ("Bytes", int),
+                       ("Dtypes", str), ("Devices", str), ("Torch", str)]
+        return renderers.TreeGrid(columns, self._generator())

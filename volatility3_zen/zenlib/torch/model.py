@@ -1,0 +1,250 @@
+"""Recovering PyTorch models (nn.Module trees, hyper-parameters, tensors) from a CPython process.
+
+A module is any live object whose class has torch's ``torch.nn.modules.module.Module`` in its MRO (no
+list of known class names).  A root is a module that no other module lists among its children.
+The tree follows each module's ``_modules`` dict, which keeps registration order, exactly as
+``named_modules()`` walks it; tensors come from ``_parameters`` / ``_buffers`` as
+``named_parameters`` / ``named_buffers`` (``remove_duplicate=False``) list them.
+"""
+
+import hashlib
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from ..errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError, ZenError
+from ..representation.model import (
+    ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, TensorInfo, encode_value,
+)
+from ..cpython.recover import PythonProcess
+from .layouts import load_torch_layout
+from .tensors import TensorDataUnavailableError, TensorReader
+
+MODULE_CLASS = ("torch.nn.modules.module", "Module")
+HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+)
+_INTERNAL = {"_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"} | set(HOOK_DICTS)
+
+
+class TorchProcess:
+    """A CPython process that has imported torch: its version, its Module class, tensor reader."""
+
+    def __init__(self, python: PythonProcess):
+        self.py = python
+        self.o = python.objects
+        self.heap = python.heap
+        modules = self.heap.modules()
+        if "torch" not in modules:
+            raise NoPythonError(f"PID {python.memory.pid}: torch is not imported in this process")
+        self.module_addrs = modules
+        self.torch_version = self._module_version("torch")
+        if not self.torch_version:
+            raise UnsupportedVersionError("torch.__version__ could not be read from memory")
+        self.tensors = TensorReader(python.memory, load_torch_layout(self.torch_version))
+        self.module_class = self._find_class(*MODULE_CLASS)
+        self._is_module_type: Dict[int, bool] = {}
+
+    def _namespace(self, module_name: str) -> Dict[str, int]:
+        return self.o.str_dict(self.o.u64(self.module_addrs[module_name] + self.o.off_md_dict))
+
+    def _module_version(self, name: str) -> Optional[str]:
+        try:
+            value = self._namespace(name).get("__version__")
+            if value and self.o.base_kind(value) == "str":
+                return self.o.read_str(value)
+        except (MemoryReadError, CorruptObjectError):
+            pass
+        return None
+
+    def _installed_package(self, name: str) -> bool:
+        """A third-party package (its file under site-/dist-packages), not a stdlib module."""
+        try:
+            value = self._namespace(name).get("__file__")
+            path = self.o.read_str(value) if value and self.o.kind(value) == "str" else ""
+        except (MemoryReadError, CorruptObjectError):
+            return False
+        return "/site-packages/" in path or "/dist-packages/" in path
+
+    def _find_class(self, module_name: str, qualname: str) -> int:
+        if module_name not in self.module_addrs:
+            raise NoPythonError(f"{module_name} is not imported")
+        value = self._namespace(module_name).get(qualname)
+        if not value:
+            raise CorruptObjectError(f"{module_name}.{qualname} not found")
+        return value
+
+    # -- finding modules -------------------------------------------------------------------------
+    def is_module_type(self, type_addr: int) -> bool:
+        known = self._is_module_type.get(type_addr)
+        if known is None:
+            known = False
+            try:
+                if self.o.kind_of_type(type_addr) == "heap":
+                    mro = self.o.u64(type_addr + self.o.off_tp_mro)
+                    known = bool(mro) and self.module_class in self.o.tuple_items(mro)
+            except (MemoryReadError, CorruptObjectError):
+                known = False
+            self._is_module_type[type_addr] = known
+        return known
+
+    def module_instances(self) -> List[int]:
+        return [obj for obj, type_addr in self.heap.gc_objects() if self.is_module_type(type_addr)]
+
+    # -- one module --------------------------------------------------------------------------------
+    def class_path(self, obj: int) -> Tuple[str, str]:
+        cls = self.py.read_class(self.o.type_of(obj))
+        return cls.module or "", cls.qualname
+
+    def children(self, attrs: Dict[str, int]) -> List[Tuple[str, int]]:
+        modules = attrs.get("_modules")
+        if not modules:
+            return []
+        return [(self.o.read_str(k), v) for k, v in self.o.dict_items(modules) if self.o.kind(v) != "NoneType"]
+
+    def tensor_dict(self, attrs: Dict[str, int], name: str) -> List[Tuple[str, int]]:
+        table = attrs.get(name)
+        if not table:
+            return []
+        return [(self.o.read_str(k), v) for k, v in self.o.dict_items(table) if self.o.kind(v) != "NoneType"]
+
+    def non_persistent(self, attrs: Dict[str, int]) -> Set[str]:
+        value = attrs.get("_non_persistent_buffers_set")
+        if not value:
+            return set()
+        return {self.o.read_str(k) for k in self.o.set_items(value)}
+
+    def hooks(self, attrs: Dict[str, int]) -> List[str]:
+        out = []
+        for name in HOOK_DICTS:
+            value = attrs.get(name)
+            if value and self.o.base_kind(value) == "dict" and any(True for _ in self.o.dict_items(value)):
+                out.append(name)
+        return out
+
+    def hyperparameters(self, attrs: Dict[str, int]) -> Dict[str, dict]:
+        out = {}
+        for name, value in attrs.items():
+            if name.startswith("_") or name in _INTERNAL:
+                continue
+            decoded = self.value(value)
+            if decoded is not None:
+                out[name] = decoded
+        return out
+
+    def value(self, obj: int, depth: int = 0) -> Optional[dict]:
+        """Encoded simple value (None when it is not built from simple values)."""
+        o = self.o
+        if depth > 16:
+            return None
+        try:
+            kind = o.base_kind(obj)
+            if kind == "list":
+                items = [self.value(i, depth + 1) for i in o.list_items(obj)]
+                return None if any(i is None for i in items) else {"t": "list", "v": items}
+            if kind == "tuple":
+                items = [self.value(i, depth + 1) for i in o.tuple_items(obj)]
+                return None if any(i is None for i in items) else {"t": "tuple", "v": items}
+            if kind == "dict":
+                items = []
+                for k, v in o.dict_items(obj):
+                    if o.kind(k) != "str":
+                        return None
+                    encoded = self.value(v, depth + 1)
+                    if encoded is None:
+                        return None
+                    items.append([o.read_str(k), encoded])
+                return {"t": "dict", "v": items}
+            if kind in ("str", "bytes", "int", "bool", "float", "complex", "NoneType") and o.kind(obj) == kind:
+                return encode_value(o.read_const(obj))
+        except (MemoryReadError, CorruptObjectError, UnicodeDecodeError):
+            return None
+        return None
+
+    # -- whole models --------------------------------------------------------------------------------
+    def models(self, read_bytes: bool = True) -> Iterator[ModelRepresentation]:
+        instances = self.module_instances()
+        attrs_of: Dict[int, Dict[str, int]] = {}
+        child_of: Set[int] = set()
+        for obj in instances:
+            try:
+                attrs = self.heap.instance_dict(obj)
+            except (MemoryReadError, CorruptObjectError) as exc:
+                self.py.objects.warnings.append(f"module at 0x{obj:x}: attributes unreadable ({exc})")
+                continue
+            attrs_of[obj] = attrs
+            try:
+                child_of.update(addr for _, addr in self.children(attrs))
+            except (MemoryReadError, CorruptObjectError):
+                pass
+        for root in instances:
+            if root in attrs_of and root not in child_of:
+                yield self.model(root, attrs_of, read_bytes)
+
+    def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> ModelRepresentation:
+        module, qualname = self.class_path(root)
+        model = ModelRepresentation(root_address=root, root_class=f"{module}.{qualname}")
+        seen: Set[int] = set()
+        storage_owner: Dict[int, str] = {}
+
+        def visit(prefix: str, obj: int, depth: int, dedupe: bool) -> None:
+            attrs = attrs_of.get(obj)
+            if attrs is None:
+                attrs = self.heap.instance_dict(obj)
+                attrs_of[obj] = attrs
+            if not dedupe or obj not in seen:
+                seen.add(obj)
+                mod, qual = self.class_path(obj)
+                children = self.children(attrs)
+                model.modules.append(ModuleNode(prefix, obj, mod, qual, depth, [n for n, _ in children],
+                                                self.hyperparameters(attrs), self.hooks(attrs)))
+            nonpersistent = self.non_persistent(attrs)
+            for kind, table in (("parameter", "_parameters"), ("buffer", "_buffers")):
+                for name, tensor in self.tensor_dict(attrs, table):
+                    full = f"{prefix}.{name}" if prefix else name
+                    info = self.tensors.read_tensor(tensor)
+                    entry = TensorEntry(full, kind, kind == "parameter" or name not in nonpersistent, info)
+                    if info.storage_address:
+                        entry.shares_storage_with = storage_owner.setdefault(info.storage_address, full)
+                        if entry.shares_storage_with == full:
+                            entry.shares_storage_with = None
+                    model.tensors.append(entry)
+            for name, child in self.children(attrs):
+                visit(f"{prefix}.{name}" if prefix else name, child, depth + 1, dedupe)
+
+        visit("", root, 0, dedupe=True)
+        # named_modules() drops repeated modules, named_parameters(remove_duplicate=False) does not:
+        # tensors were collected on the full walk above, module nodes once each.
+        if read_bytes:
+            for entry in model.tensors:
+                try:
+                    entry.sha256 = hashlib.sha256(self.tensors.read_bytes(entry.info)).hexdigest()
+                except (TensorDataUnavailableError, MemoryReadError) as exc:
+                    entry.warning = str(exc)
+        model.graph_edges = graph_edges(model)
+        return model
+
+    def execution_context(self) -> ExecutionContext:
+        packages = {}
+        for name in sorted(self.module_addrs):
+            if "." in name or not self._installed_package(name):
+                continue
+            version = self._module_version(name)
+            if version:
+                packages[name] = version
+        native = sorted({r.path for r in self.py.memory.regions if r.path.endswith(".so") or ".so." in r.path})
+        return ExecutionContext(self.py.runtime.version, self.torch_version, packages, native)
+
+
+def graph_edges(model: ModelRepresentation) -> List[Tuple[str, str, str]]:
+    """G: nodes are modules (by path).  ("contains", parent, child) for every registered child, and
+    ("next", a, b) between consecutive leaf modules in registration order — the order in which
+    ``forward`` of sequential containers runs them.  Memory does not record the data flow of custom
+    ``forward`` methods, so "next" edges are registration order, not a traced execution."""
+    edges = []
+    for node in model.modules:
+        for child in node.children:
+            edges.append(("contains", node.path, f"{node.path}.{child}" if node.path else child))
+    leaves = [n.path for n in model.modules if not n.children]
+    edges += [("next", a, b) for a, b in zip(leaves, leaves[1:])]
+    return edges
