@@ -11,7 +11,7 @@ needed; the interpreter's own static types cannot be confused with user classes,
 import struct
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import CorruptObjectError, MemoryReadError
+from ..errors import CorruptObjectError, MemoryReadError, ZenError
 from ..memory import ProcessMemory
 from ..representation.program import CodeRef
 from .layouts import CPythonLayout
@@ -30,6 +30,10 @@ MAX_DIGITS = 1 << 16
 MAX_DICT_LOG2 = 26
 
 Py_TPFLAGS_HEAPTYPE = 1 << 9
+
+# What decoding smeared memory raises, besides our own errors: struct on an impossible size, a table
+# indexed by a garbage byte, ...  Loops over many objects catch these per object and go on.
+DECODE_ERRORS = (ZenError, struct.error, ValueError, IndexError, KeyError, OverflowError)
 
 # Names of the static types we decode (tp_name of the builtin type object).
 BUILTIN_KINDS = {
@@ -165,11 +169,12 @@ class ObjectReader:
         return self.kind_of_type(self.type_of(obj))
 
     def base_kind(self, obj: int) -> str:
-        """Like ``kind``, but a heap subclass reports the builtin it derives from (via tp_base)."""
+        """Like ``kind``, but a subclass (heap, or static like OrderedDict) reports the builtin it
+        derives from (via tp_base)."""
         type_addr = self.type_of(obj)
         for _ in range(64):
             kind = self.kind_of_type(type_addr)
-            if kind != "heap":
+            if kind not in ("heap", "other"):
                 return kind
             type_addr = self.u64(type_addr + self.off_tp_base)
             if not type_addr:
@@ -194,12 +199,10 @@ class ObjectReader:
         else:
             data_addr = self.u64(obj + self.off_unicode_data)
         raw = self.mem.read(data_addr, length * kind) if length else b""
-        if kind == 1:
-            value = raw.decode("latin-1")
-        elif kind == 2:
-            value = raw.decode("utf-16-le", "surrogatepass")
-        else:
-            value = raw.decode("utf-32-le", "surrogatepass")
+        try:
+            value = raw.decode(("latin-1", "utf-16-le", None, "utf-32-le")[kind - 1], "surrogatepass")
+        except UnicodeDecodeError as exc:
+            raise CorruptObjectError(f"str at 0x{obj:x} holds no text ({exc.reason})") from None
         self._str_cache[obj] = value
         return value
 
@@ -327,7 +330,7 @@ class ObjectReader:
             try:
                 if self.kind(key) == "str":
                     out[self.read_str(key)] = value
-            except (MemoryReadError, CorruptObjectError):
+            except DECODE_ERRORS:
                 continue
         return out
 

@@ -59,14 +59,14 @@ class Model(interfaces.plugins.PluginInterface):
 
     def run(self) -> renderers.TreeGrid:
         if self.config.get("layers"):
-            columns = [("PID", int), ("Root", format_hints.Hex), ("Path", str), ("Class", str), ("Children", int),
+            columns = [("PID", int), ("Root", format_hints.Hex), ("Path", str), ("ModuleClass", str), ("Children", int),
                        ("Tensors", int), ("Hyperparameters", str), ("Hooks", str)]
         elif self.config.get("tensors"):
             columns = [("PID", int), ("Root", format_hints.Hex), ("Name", str), ("Kind", str), ("Persistent", bool),
                        ("Shape", str), ("Stride", str), ("Offset", int), ("Dtype", str), ("Device", str),
                        ("RequiresGrad", bool), ("Numel", int), ("Bytes", int), ("SharesStorageWith", str), ("SHA256", str)]
         else:
-            columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("Class", str), ("Modules", int),
+            columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("RootClass", str), ("Modules", int),
                        ("Parameters", int), ("Buffers", int), ("Tensors", int), ("Weights", int), ("Bytes", int),
                        ("Dtypes", str), ("Devices", str), ("Torch", str)]
         return renderers.TreeGrid(columns, self._generator())
