@@ -2,8 +2,8 @@
 
 A real CPython 3.11 process (pyenv, shared libpython) reports the addresses and bytes of a few objects
 and its own /proc/self/maps, then sleeps; it is captured with gdb's ``gcore`` and with our capture.
-Needs root or ptrace access to child processes; ``gcore`` and ``qemu-system-x86_64`` tests are skipped
-where those are not installed.
+Needs root or ptrace access to child processes; gdb and QEMU are installed by the corpus harness when
+missing.
 """
 
 import glob
@@ -108,8 +108,9 @@ def target(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gcore_core(target, tmp_path_factory) -> Path:
-    if shutil.which("gcore") is None:
-        pytest.skip("gcore (gdb) is not installed")
+    from tools.corpus import system
+
+    system.ensure_for_kind("core")  # gdb at its pinned version, as for corpus cores
     pid = target[0]
     Path(f"/proc/{pid}/coredump_filter").write_text("0x7f")  # keep read-only file pages (libpython .text)
     prefix = tmp_path_factory.mktemp("gcore") / "python"
@@ -229,8 +230,10 @@ def test_unreadable_mapping_is_absent_but_listed(captured_core, target):
 # -- other ELF files and broken cores ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
 def test_qemu_physical_dump_is_left_to_elf64(tmp_path):
+    from tools.corpus import system
+
+    system.ensure_packages(["qemu-system-x86"])
     dump = tmp_path / "guest.elf"
     subprocess.run(
         ["qemu-system-x86_64", "-accel", "tcg", "-m", "16", "-display", "none", "-nodefaults", "-monitor", "stdio"],

@@ -5,8 +5,8 @@ shape, strides, storage offset, dtype, storage, and the sha256 of ``t.detach().c
 bytes), and sleeps; gcore captures it.  The core is read through a ProcessMemory built on a minimal
 ELF-core reader below, and every field and every byte must match.
 
-The torch interpreter is $ZEN_TORCH_PYTHON, else /tmp/torchvenv/bin/python (see docs/symbols.md);
-the tests are skipped when neither imports torch, or when gdb's gcore is missing.
+The torch interpreter is $ZEN_TORCH_PYTHON, else the corpus harness's torch venv;
+the harness installs gdb and creates that venv when they are missing.
 """
 
 import dataclasses
@@ -27,19 +27,16 @@ from volatility3_zen.zenlib.memory import MemoryRegion, ProcessMemory
 from volatility3_zen.zenlib.torch.layouts import load_torch_layout
 from volatility3_zen.zenlib.torch.tensors import TensorDataUnavailableError, TensorReader
 
-DEFAULT_TORCH_PYTHON = "/tmp/torchvenv/bin/python"
-
-
 def torch_python() -> Tuple[str, str]:
-    """(interpreter, torch.__version__), or skip the test with the reason."""
-    python = os.environ.get("ZEN_TORCH_PYTHON") or DEFAULT_TORCH_PYTHON
-    if not os.path.exists(python):
-        pytest.skip(f"no torch interpreter: set ZEN_TORCH_PYTHON ({DEFAULT_TORCH_PYTHON} does not exist)")
+    """(interpreter, torch.__version__): $ZEN_TORCH_PYTHON, else the corpus harness's torch venv (created
+    on first use, as for the torch images)."""
+    python = os.environ.get("ZEN_TORCH_PYTHON")
+    if not python:
+        from tools.corpus import interpreters
+
+        python = str(interpreters.resolve("torch-3.11").executable)
     found = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                           text=True, cwd="/")
-    if found.returncode != 0:
-        last_line = (found.stderr.strip().splitlines() or ["no error output"])[-1]
-        pytest.skip(f"{python} cannot import torch: {last_line}")
+                           text=True, cwd="/", check=True)
     return python, found.stdout.strip()
 
 
@@ -150,8 +147,9 @@ def core_memory(path: str) -> ProcessMemory:
 def captured(tmp_path_factory):
     """(ground truth, ProcessMemory of the core, torch version)."""
     python, version = torch_python()
-    if shutil.which("gcore") is None:
-        pytest.skip("gcore (from gdb) is needed to capture the torch process")
+    from tools.corpus import system
+
+    system.ensure_for_kind("core")  # installs gdb (gcore) at its pinned version when missing
     workdir = tmp_path_factory.mktemp("torch-tensors")
     truth_path, core_prefix = workdir / "truth.json", workdir / "core"
     process = subprocess.Popen([python, "-c", PROGRAM, str(truth_path)], cwd="/")
