@@ -56,6 +56,8 @@ ROOT_TYPES = (
     "c10::StorageImpl",
     "c10::Device",
     "torch::autograd::AutogradMeta",  # requires_grad_, grad_fn_
+    "THPDtype",  # torch.dtype objects (module hyper-parameters): scalar_type, name
+    "THPDevice",  # torch.device objects: c10::Device
 )
 
 # C++ enums exported whole (each also lists its non-value enumerators: counts and sentinels).

@@ -11,6 +11,8 @@
 #include <c10/core/StorageImpl.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/util/typeid.h>
+#include <torch/csrc/Device.h>
+#include <torch/csrc/Dtype.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -24,6 +26,10 @@ c10::TensorImpl* tensor_impl;
 c10::StorageImpl* storage_impl;
 torch::autograd::AutogradMeta* autograd_meta;
 c10::Device* device;
+
+// Python objects that appear as module hyper-parameters (dtype=torch.float16, device=...).
+THPDtype* python_dtype;
+THPDevice* python_device;
 
 // Enumerations exported whole.
 c10::ScalarType scalar_type;

@@ -157,9 +157,29 @@ class TorchProcess:
                 return {"t": "dict", "v": items}
             if kind in ("str", "bytes", "int", "bool", "float", "complex", "NoneType") and o.kind(obj) == kind:
                 return encode_value(o.read_const(obj))
+            type_name = o.type_name(o.type_of(obj))
+            if type_name == "torch.dtype":
+                return {"t": "dtype", "v": self.dtype_name(obj)}
+            if type_name == "torch.device":
+                return {"t": "device", "v": self.device_name(obj)}
         except (MemoryReadError, CorruptObjectError, UnicodeDecodeError):
             return None
         return None
+
+    def dtype_name(self, obj: int) -> str:
+        """``str(torch.float16)`` without the prefix, from a THPDtype's scalar type."""
+        layout = self.tensors.layout
+        value = self.o.mem.read(obj + layout.offset("THPDtype", "scalar_type"), 1)[0]
+        return layout.scalar_types[value][0] if value in layout.scalar_types else f"ScalarType({value})"
+
+    def device_name(self, obj: int) -> str:
+        """``str(torch.device(...))``: "cpu", "cuda:0"."""
+        layout = self.tensors.layout
+        base = obj + layout.offset("THPDevice", "device")
+        raw = self.o.mem.read(base + layout.offset("c10::Device", "type_"), 2)
+        name = layout.device_types.get(raw[0], f"device{raw[0]}")
+        index = int.from_bytes(raw[1:2], "little", signed=True)
+        return name if index < 0 else f"{name}:{index}"
 
     # -- whole models --------------------------------------------------------------------------------
     def models(self, read_bytes: bool = True) -> Iterator[ModelRepresentation]:
