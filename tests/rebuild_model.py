@@ -7,8 +7,10 @@ usage: rebuild_model.py DEPLOY_SCRIPT BUILDER_EXPR WEIGHTS.safetensors INPUT_JSO
 import hashlib
 import importlib.util
 import json
+import os
 import struct
 import sys
+import tempfile
 
 import torch
 
@@ -38,19 +40,31 @@ def main():
     script, builder, weights, input_json = sys.argv[1:5]
     spec = importlib.util.spec_from_file_location("deployed_model", script)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, __import__("os").path.dirname(script))
+    sys.path.insert(0, os.path.dirname(script))
     spec.loader.exec_module(module)
-    model = eval(builder, vars(module))
+    if hasattr(module, "offline_environment"):  # model-zoo deployments: no network, scratch config dirs
+        module.offline_environment(tempfile.mkdtemp())
+        importlib.import_module("_torchvision_fix")  # the registry's torchvision needs it before first import
+    model = eval(builder, dict(vars(module), torch=torch))
+    if isinstance(model, tuple):  # builders that also return their input specification
+        model = model[0]
     state = load_safetensors(weights)
     with torch.no_grad():  # overwrite every tensor so nothing of the fresh initialisation survives
         for tensor in model.state_dict(keep_vars=True).values():
-            tensor.data.fill_(0) if tensor.is_floating_point() or tensor.is_complex() else None
+            if tensor.is_floating_point() or tensor.is_complex():
+                tensor.data.fill_(0)
     model.load_state_dict(state, strict=True)
+    model.eval()
     inp = json.loads(input_json)
-    torch.manual_seed(inp["seed"])
-    sample = torch.randn(*inp["shape"], dtype=getattr(torch, inp["dtype"]))
+    if hasattr(module, "make_input"):
+        sample = module.make_input(torch, inp)
+    else:
+        torch.manual_seed(inp["seed"])
+        sample = torch.randn(*inp["shape"], dtype=getattr(torch, inp["dtype"]))
     with torch.no_grad():
         output = model(sample)
+    if hasattr(module, "select_output"):
+        output = module.select_output(output, inp)
     print(hashlib.sha256(output.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest())
 
 

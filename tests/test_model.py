@@ -19,23 +19,28 @@ from volatility3_zen.zenlib.representation.model import encode_value  # noqa: F4
 
 import zen_testlib
 
-# (deployment, kind, deploy script, builder expression) of the real model images
-MODEL_IMAGES = [
-    ("torch-custom-3.11", "core"),
-    ("torch-custom-3.11", "lime"),
-]
-REBUILD = {"torch-custom-3.11": ("torch_custom.py", "build_model()", "torch-3.11")}
+ZOO = ("timm-resnet18-3.11", "yolov8n-3.11", "llama-tiny-3.11")
+MODEL_IMAGES = [(name, kind) for name in ("torch-custom-3.11",) + ZOO for kind in ("core", "lime")]
+# deployment -> (deploy script, expression that builds a fresh copy of the architecture, interpreter)
+REBUILD = {
+    "torch-custom-3.11": ("torch_custom.py", "build_model()", "torch-3.11"),
+    "timm-resnet18-3.11": ("model_zoo.py", "build_timm_resnet18(torch)", "torch-zoo-3.11"),
+    "yolov8n-3.11": ("model_zoo.py", "build_yolov8n(torch)", "torch-zoo-3.11"),
+    "llama-tiny-3.11": ("model_zoo.py", "build_llama_tiny(torch)", "torch-zoo-3.11"),
+}
 
 
 def _image_path(record, kind):
     return record.image if kind == "lime" else next(iter(record.cores.values()))
 
 
-def _recover(path):
+def _recover(path, roots):
+    """The models rooted at the ground truth's roots (which may sit inside a wrapper module, as
+    ultralytics' DetectionModel does inside YOLO)."""
     plugin = zen_testlib.construct(path, "linux.zen.model.Model")
     out = {}
     for target, tp in session.torch_processes(plugin.context, plugin.config):
-        out[target.pid] = (tp, list(tp.models()))
+        out[target.pid] = (tp, list(tp.models(addresses=roots)))
     return out
 
 
@@ -54,9 +59,9 @@ def _tensor_fields(entry):
 @pytest.mark.parametrize("name,kind", MODEL_IMAGES)
 def test_model_matches_ground_truth(name, kind):
     record = ensure_image(name, kind)
-    recovered = _recover(_image_path(record, kind))
-    for pid, truth_path in record.ground_truth.items():
-        truth = load_ground_truth(truth_path)
+    truths = {pid: load_ground_truth(path) for pid, path in record.ground_truth.items()}
+    recovered = _recover(_image_path(record, kind), {m["root_addr"] for t in truths.values() for m in t["models"]})
+    for pid, truth in truths.items():
         tp, models = recovered[pid]
         assert tp.torch_version == truth["torch_version"]
         by_root = {m.root_address: m for m in models}
@@ -84,7 +89,8 @@ def test_model_matches_ground_truth(name, kind):
 def test_dumped_weights_rebuild_the_same_model(tmp_path, name, kind):
     record = ensure_image(name, kind)
     path = _image_path(record, kind)
-    result = zen_testlib.run_vol(["-o", str(tmp_path), "-r", "json", "-f", path, "linux.zen.model", "--dump"])
+    roots = [str(m["root_addr"]) for path in record.ground_truth.values() for m in load_ground_truth(path)["models"]]
+    result = zen_testlib.run_vol(["-o", str(tmp_path), "-r", "json", "-f", path, "linux.zen.model", "--dump", "--root"] + roots)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
     script, builder, interpreter = REBUILD[name]

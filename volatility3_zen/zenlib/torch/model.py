@@ -182,7 +182,9 @@ class TorchProcess:
         return name if index < 0 else f"{name}:{index}"
 
     # -- whole models --------------------------------------------------------------------------------
-    def models(self, read_bytes: bool = True) -> Iterator[ModelRepresentation]:
+    def models(self, read_bytes: bool = True, addresses: Optional[Set[int]] = None) -> Iterator[ModelRepresentation]:
+        """Every root model; or, with ``addresses``, the models rooted at those modules (roots or not:
+        e.g. the DetectionModel inside ultralytics' YOLO wrapper, itself an nn.Module)."""
         instances = self.module_instances()
         attrs_of: Dict[int, Dict[str, int]] = {}
         child_of: Set[int] = set()
@@ -198,7 +200,8 @@ class TorchProcess:
             except (MemoryReadError, CorruptObjectError):
                 pass
         for root in instances:
-            if root in attrs_of and root not in child_of:
+            wanted = root in addresses if addresses else root not in child_of
+            if root in attrs_of and wanted:
                 yield self.model(root, attrs_of, read_bytes)
 
     def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> ModelRepresentation:

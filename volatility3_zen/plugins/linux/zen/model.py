@@ -23,7 +23,7 @@ class Model(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return session.common_requirements() + [
-            requirements.ListRequirement(name="root", element_type=int, description="Only the model roots at these addresses", optional=True),
+            requirements.ListRequirement(name="root", element_type=int, description="Only the models rooted at these module addresses (any module, not only roots)", optional=True),
             requirements.BooleanRequirement(name="layers", description="One row per module (tree depth)", default=False, optional=True),
             requirements.BooleanRequirement(name="tensors", description="One row per tensor", default=False, optional=True),
             requirements.BooleanRequirement(name="dump", description="Write <root>.safetensors and <root>.model.json", default=False, optional=True),
@@ -33,9 +33,7 @@ class Model(interfaces.plugins.PluginInterface):
         roots = set(self.config.get("root") or [])
         for target, torch_process in session.torch_processes(self.context, self.config):
             context = torch_process.execution_context()
-            for model in torch_process.models(read_bytes=True):
-                if roots and model.root_address not in roots:
-                    continue
+            for model in torch_process.models(read_bytes=True, addresses=roots or None):
                 summary = export.summary(model)
                 pid = target.pid
                 if self.config.get("dump"):
