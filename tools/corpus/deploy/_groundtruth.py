@@ -7,7 +7,7 @@ for torch deployments, its models), writes ``$ZEN_CORPUS_OUT/groundtruth/<pid>.j
 says is exactly what memory holds.  The schema is documented in docs/corpus.md.
 
 Constraints that shape this file:
-- It runs unchanged under CPython 3.7 to 3.13: no syntax newer than 3.7, stdlib only (torch is
+- It runs unchanged under CPython 3.6 to 3.13: no syntax newer than 3.6, stdlib only (torch is
   imported only by torch deployments, which pass their models in).
 - It runs under QEMU's emulated CPU, where Python is 10-20x slower: one pass over the objects,
   JSON streamed item by item (a 27k-code-object torch process never holds its whole document).
@@ -182,6 +182,18 @@ def describe_module(name, module):
     return {"addr": id(module), "name": name, "file": path if isinstance(path, str) else None}
 
 
+def describe_instance(obj, names):
+    """One instance and the attributes the program says it has (read one by one: reading __dict__ or
+    vars() would turn a 3.11+ values table into a dict and change what memory holds)."""
+    attrs = {}
+    for name in names:
+        encoded = encode_value(getattr(obj, name))
+        if encoded is None:
+            raise TypeError("attribute %s of %r is not a simple value" % (name, type(obj)))
+        attrs[name] = encoded
+    return {"addr": id(obj), "class_qualname": type(obj).__qualname__, "attrs": attrs}
+
+
 def snapshot():
     """Live functions, heap classes and modules, taken at one moment after a full collection."""
     gc.collect()
@@ -302,11 +314,13 @@ def _write_document(out, header, sections):
     out.write("}")
 
 
-def write_ground_truth(scenario, models=()):
+def write_ground_truth(scenario, models=(), instances=()):
     """Writes <out>/groundtruth/<pid>.json (atomically) and returns its path.
 
     ``models`` is a sequence of (root nn.Module, input_spec) pairs; they are described first, so
     whatever torch runs for the forward pass is already in place when the snapshot is taken.
+    ``instances`` is a sequence of (object, attribute names) pairs, written as the optional
+    ``instances`` section.
     """
     out_dir = os.path.join(os.environ[OUT_ENV], "groundtruth")
     pid = os.getpid()
@@ -333,6 +347,8 @@ def write_ground_truth(scenario, models=()):
     ]
     if models:
         sections.append(("models", model_docs))
+    if instances:
+        sections.append(("instances", (describe_instance(obj, names) for obj, names in instances)))
     path = os.path.join(out_dir, "%d.json" % pid)
     with open(path + ".tmp", "w") as out:
         _write_document(out, header, sections)
@@ -348,5 +364,5 @@ def signal_ready_and_wait(path):
         time.sleep(3600)
 
 
-def write_and_wait(scenario, models=()):
-    signal_ready_and_wait(write_ground_truth(scenario, models))
+def write_and_wait(scenario, models=(), instances=()):
+    signal_ready_and_wait(write_ground_truth(scenario, models, instances))

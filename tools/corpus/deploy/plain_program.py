@@ -1,12 +1,15 @@
 """A plain CPython program (standard library only) holding the code shapes recovery must handle.
 
-It runs unchanged under CPython 3.7 to 3.13 (no newer syntax at module level; newer constructs are
+It runs unchanged under CPython 3.6 to 3.13 (no newer syntax at module level; newer constructs are
 compiled from strings only where the running version has them).  It keeps alive: nested functions
 and closures, decorated functions, classes with static/class methods, properties, inheritance and a
 metaclass, a suspended generator, a suspended coroutine and async generator, lambdas,
 comprehensions, big ints, complex/frozenset/bytes/tuple/unicode constants, default and keyword-only
 arguments, exception handlers, one hot function (so 3.11+ quickens it), one loop-heavy function and
-one function wide enough to need EXTENDED_ARG.
+one function wide enough to need EXTENDED_ARG.  It also keeps instances whose attributes live in every
+way CPython stores them (instance dict, 3.11+ managed dict and values, 3.13 inline values, a values
+table turned into a dict, deleted attributes, more attributes than a shared-keys table holds), and
+passes them to the ground truth with the names of their attributes.
 
 Usage: ``python plain_program.py [--trace]``.  With ``--trace``, sys.settrace (and on 3.12+ a
 sys.monitoring tool) is active before the workload runs a second time, so the code objects in
@@ -263,6 +266,84 @@ if sys.version_info >= (3, 11):
     )
 
 
+# --- instances ---------------------------------------------------------------------------------
+# Their attributes are never read through __dict__ or vars() (except where that is the point): on
+# 3.11+ that would turn the values table into a dict.  The ground truth reads each named attribute.
+
+
+class Record:
+    kind = "record"  # a class attribute: not in any instance's attributes
+
+    def __init__(self, ident, label):
+        self.ident = ident
+        self.label = label
+        self.ratio = 0.25
+        self.pair = (ident, label, -1.5)
+        self.missing = None
+        self.flag = True
+
+
+RECORD_FIELDS = ("ident", "label", "ratio", "pair", "missing", "flag")
+
+
+class DetailedRecord(Record):
+    def __init__(self, ident, label):
+        super().__init__(ident, label)
+        self.detail = "d\xe9tail \u03a9"
+        self.big = -(10 ** 25)
+
+
+class WideRecord:
+    """More attributes than a shared-keys table holds (30 on 3.11+): the rest go to a real dict."""
+
+    def __init__(self, count):
+        for i in range(count):
+            setattr(self, "field_%02d" % i, i * i - 7)
+
+
+class Slotted:
+    __slots__ = ("left", "right")
+
+    def __init__(self, left, right):
+        self.left = left
+        self.right = right
+
+
+class TaggedList(list):
+    """A builtin's subclass: its instances get a dict (3.11+: a managed dict, never inline values)."""
+
+
+class TaggedTuple(tuple):
+    """A variable-size builtin's subclass: the dict follows the items (a negative tp_dictoffset)."""
+
+
+def make_instances():
+    """[(instance, names of its attributes)]: every way this version may store them."""
+    plain = Record(1, "one")
+    detailed = DetailedRecord(2, "two")
+    materialised = Record(3, "three")
+    vars(materialised)  # 3.11+: the values become a dict that shares them
+    materialised.extra = 3.5
+    deleted = Record(4, "four")
+    del deleted.ratio, deleted.missing
+    wide = WideRecord(40)
+    tagged = TaggedList([1, 2])
+    tagged.tag = "tagged"
+    tagged.size = 2
+    tagged_tuple = TaggedTuple((1, 2, 3))
+    tagged_tuple.tag = "tuple"
+    return [
+        (plain, RECORD_FIELDS),
+        (detailed, RECORD_FIELDS + ("detail", "big")),
+        (materialised, RECORD_FIELDS + ("extra",)),
+        (deleted, ("ident", "label", "pair", "flag")),
+        (wide, tuple("field_%02d" % i for i in range(40))),
+        (Slotted("l", "r"), ()),  # no instance dict at all
+        (tagged, ("tag", "size")),
+        (tagged_tuple, ("tag",)),
+    ]
+
+
 # --- workload and tracing ----------------------------------------------------------------------
 
 COUNTER = make_counter(10, step=2)
@@ -272,6 +353,7 @@ PENDING_COROUTINE = fetch(1, scale=3)
 PENDING_TICKER = ticker(5)
 SHAPES = [Shape.create("blob"), Polygon("tri"), Square("sq"), Plugin()]
 VERSION_SPECIFIC_CALLS = (("positional_only", (1,)), ("classify", ([1, 2],)), ("grouped", ()))
+INSTANCES = make_instances()
 
 
 def workload():
@@ -326,7 +408,7 @@ def main(argv):
         install_tracing()
         workload()
         scenario = "plain-traced"
-    _groundtruth.write_and_wait(scenario)
+    _groundtruth.write_and_wait(scenario, instances=INSTANCES)
 
 
 if __name__ == "__main__":
