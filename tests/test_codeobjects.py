@@ -1,7 +1,8 @@
 """linux.zen.codeobjects against ground truth written by the deployed processes themselves.
 
-Every image is real: process cores of CPython 3.7-3.13 (pyenv builds, Debian's static python3.11,
-processes with tracing/monitoring active) and LiME images of a QEMU guest.  For each process the
+Every image is real: process cores of CPython 3.7-3.13 (pyenv builds, Debian's static python3.11, a
+stripped python3.11 + libpython, processes with tracing/monitoring active) and LiME images of a QEMU
+guest; a CPython 3.6 core for the unsupported-version error.  For each process the
 recovered functions, code objects (every co_* field, co_code byte for byte), classes and modules must
 equal what the process wrote about itself.
 """
@@ -18,12 +19,13 @@ from volatility3_zen.zenlib import session
 from volatility3_zen.zenlib import volatility as volglue
 from volatility3_zen.zenlib.cpython.recover import PythonProcess
 from volatility3_zen.zenlib.cpython.runtime import METHODS, detect_version, find_runtime
+from volatility3_zen.zenlib.representation.program import encode_const
 
 import zen_testlib
 
 CORE_DEPLOYMENTS = [
     "plain-3.7", "plain-3.8", "plain-3.9", "plain-3.10", "plain-3.11", "plain-3.12", "plain-3.13",
-    "plain-3.12-traced", "plain-3.13-traced", "plain-debian-3.11",
+    "plain-3.12-traced", "plain-3.13-traced", "plain-debian-3.11", "plain-stripped-3.11",
 ]
 LIME_DEPLOYMENTS = ["plain-multi", "torch-custom-3.11"]
 PYENV = "/root/.pyenv/versions"
@@ -92,6 +94,69 @@ def test_every_discovery_method_finds_the_same_runtime(name):
     assert detect_version(target.memory, reference.image) == truth["python_version"]
 
 
+@pytest.mark.image
+def test_stripped_interpreter_is_stripped_and_found_through_its_section():
+    """The stripped deployment really runs the stripped copies: no .symtab or DWARF in either file,
+    while .dynsym, the build ID and the .PyRuntime section header survive (so ``section`` applies)."""
+    from elftools.elf.elffile import ELFFile
+
+    _pid, path, truth = _core("plain-stripped-3.11")
+    plugin = zen_testlib.construct(path)
+    target = next(volglue.core_targets(plugin.context))
+    found = find_runtime(target.memory, ["section"])
+    assert found.method == "section" and "/interpreters/stripped-3.11-" in found.image.path
+    assert truth["executable"].startswith(os.path.dirname(os.path.dirname(found.image.path)))
+    sections = {}
+    for file in (found.image.path, truth["executable"]):
+        with open(file, "rb") as fh:
+            sections[file] = {section.name for section in ELFFile(fh).iter_sections()}
+        assert ".symtab" not in sections[file] and not any(n.startswith(".debug") for n in sections[file]), file
+        assert {".dynsym", ".note.gnu.build-id"} <= sections[file], file
+    assert ".PyRuntime" in sections[found.image.path]
+    assert found.image.lookup("_PyRuntime")[0] == found.runtime
+
+
+# -- instance attributes (Heap.instance_dict) ----------------------------------------------------------
+
+def _instance_problems(process: PythonProcess, truth) -> list:
+    """Each recorded instance: exactly its attribute names, each value decoded as recorded."""
+    problems = []
+    assert truth["instances"], "the ground truth records no instances"
+    for inst in truth["instances"]:
+        label = f"{inst['class_qualname']} at 0x{inst['addr']:x}"
+        attrs = process.heap.instance_dict(inst["addr"])
+        if sorted(attrs) != sorted(inst["attrs"]):
+            problems.append(f"{label}: names {sorted(attrs)} != {sorted(inst['attrs'])}")
+            continue
+        for name, address in attrs.items():
+            got = encode_const(process.objects.read_const(address))
+            if got != inst["attrs"][name]:
+                problems.append(f"{label}.{name}: {got} != {inst['attrs'][name]}")
+    return problems
+
+
+@pytest.mark.image
+@pytest.mark.parametrize("name", CORE_DEPLOYMENTS)
+def test_instance_dicts_on_cores(name):
+    _pid, path, truth = _core(name)
+    plugin = zen_testlib.construct(path)
+    target = next(volglue.core_targets(plugin.context))
+    problems = _instance_problems(PythonProcess(target.memory), truth)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.image
+def test_instance_dicts_on_lime():
+    record = ensure_image("plain-multi", "lime")
+    plugin = zen_testlib.construct(record.image)
+    processes = {target.pid: process for target, process in session.python_processes(plugin.context, plugin.config)}
+    assert set(record.ground_truth) <= set(processes), "a deployed process was not found"
+    for pid, truth_path in sorted(record.ground_truth.items()):
+        truth = load_ground_truth(truth_path)
+        problems = _instance_problems(processes[pid], truth)
+        assert not problems, f"PID {pid} ({truth['python_version']}):\n" + "\n".join(problems)
+
+
 # -- the plugin as an investigator runs it -----------------------------------------------------------
 
 @pytest.mark.image
@@ -147,3 +212,18 @@ def test_errors_are_one_line_and_non_zero(tmp_path):
         assert "Traceback" not in result.stderr, label
         errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
         assert len(errors) == 1 and expected in errors[0], (label, result.stderr)
+
+
+@pytest.mark.image
+def test_unsupported_version_is_one_error_line():
+    """A CPython 3.6 core: with or without --pid, one ERROR line naming 3.6 and the supported range."""
+    pid, path, truth = _core("plain-3.6")
+    assert truth["python_version"].startswith("3.6.")
+    for args in ([], ["--pid", str(pid)]):
+        result = zen_testlib.run_vol(["-f", path, "linux.zen.codeobjects", *args], timeout=300)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, args
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        assert len(errors) == 1, (args, result.stderr)
+        assert "CPython 3.6 is not supported (supported: 3.7-3.13)" in errors[0], (args, errors)
+        assert f"PID {pid}" in errors[0], (args, errors)

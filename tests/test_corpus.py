@@ -16,15 +16,22 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from tools.corpus import catalog, cores, guest, load_ground_truth
+from tools.corpus import catalog, cores, guest, interpreters, load_ground_truth
 from tools.corpus.build import plan
-from tools.corpus.deploy import _groundtruth
+from tools.corpus.deploy import _groundtruth, model_zoo
 from tools.corpus.errors import BuildError
 from volatility3_zen.zenlib.representation.program import CodeRef, encode_const
 
 LIME_IMAGES = [d.name for d in catalog.CATALOGUE.values() if "lime" in d.kinds]
 CORE_IMAGES = [d.name for d in catalog.CATALOGUE.values() if "core" in d.kinds]
 PLAIN_PROGRAM = Path(guest.__file__).parent / "deploy" / "plain_program.py"
+ZOO_IMAGES = [name for _, name, _, _ in catalog.ZOO_MODELS]
+# deployment -> (root class, tensors, output shape), as measured (docs/corpus.md)
+ZOO_EXPECTED = {
+    "timm-resnet18-3.11": ("timm.models.resnet.ResNet", 122, [1, 10]),
+    "yolov8n-3.11": ("ultralytics.nn.tasks.DetectionModel", 355, [1, 84, 84]),
+    "llama-tiny-3.11": ("transformers.models.llama.modeling_llama.LlamaForCausalLM", 23, [1, 16, 256]),
+}
 
 
 # --- unit tests --------------------------------------------------------------------------------
@@ -89,6 +96,54 @@ def test_catalogue_entries_are_complete():
         assert deployment.kinds and set(deployment.kinds) <= set(catalog.KINDS), deployment.name
         for process in deployment.processes:
             assert (PLAIN_PROGRAM.parent / process.script).is_file(), process.script
+
+
+def test_zoo_deployments_run_one_known_model_each_in_the_zoo_venv():
+    assert sorted(ZOO_IMAGES) == sorted(ZOO_EXPECTED)
+    models = []
+    for name in ZOO_IMAGES:
+        deployment = catalog.get(name)
+        assert set(deployment.kinds) == {"lime", "core"}
+        (process,) = deployment.processes
+        assert (process.script, process.interpreter) == ("model_zoo.py", interpreters.ZOO_IDENT)
+        assert process.args[0] == "--model" and process.args[1] in model_zoo.MODELS
+        models.append(process.args[1])
+    assert sorted(models) == sorted(model_zoo.MODELS)
+
+
+def test_zoo_venv_pins_every_package_and_keys_its_support_files():
+    pinned = {r.split("==")[0].lower() for r in interpreters.ZOO_CONSTRAINTS}
+    assert all("==" in r for r in interpreters.ZOO_CONSTRAINTS)
+    assert {r.split("==")[0] for r in interpreters.ZOO_REQUIREMENTS} <= pinned
+    assert "torch==2.13.0" in interpreters.ZOO_CONSTRAINTS
+    zoo = interpreters.resolve(interpreters.ZOO_IDENT, create=False)
+    assert zoo.torch and set(zoo.identity()["support_files"]) == set(interpreters.ZOO_SUPPORT_FILES)
+    torch = interpreters.resolve("torch-" + interpreters.TORCH_BASE, create=False)
+    assert set(torch.identity()) == {"ident", "version", "requirements"}  # its image keys stay as they were
+
+
+def test_zoo_input_specifications_build_the_documented_input():
+    class FakeTorch:
+        int64, float32 = "int64", "float32"
+
+        @staticmethod
+        def manual_seed(seed):
+            FakeTorch.seed = seed
+
+        @staticmethod
+        def tensor(values, dtype):
+            return types.SimpleNamespace(values=values, dtype=dtype, reshape=lambda shape: (values, dtype, shape))
+
+        @staticmethod
+        def randn(*shape, dtype):
+            return ("randn", FakeTorch.seed, shape, dtype)
+
+    ids = {"shape": [1, 3], "dtype": "int64", "seed": 7, "values": [1, 2, 3]}
+    assert model_zoo.make_input(FakeTorch, ids) == ([1, 2, 3], "int64", [1, 3])
+    noise = {"shape": [1, 3, 4, 4], "dtype": "float32", "seed": 5}
+    assert model_zoo.make_input(FakeTorch, noise) == ("randn", 5, (1, 3, 4, 4), "float32")
+    assert model_zoo.select_output(({"logits": "L"}, "raw"), {"output_path": [0, "logits"]}) == "L"
+    assert model_zoo.select_output("T", noise) == "T"
 
 
 def test_guest_plan_is_valid_shell_that_starts_every_process():
@@ -177,7 +232,9 @@ def test_ground_truth_references_resolve(name, corpus):
         assert nested <= codes
         assert {m for c in truth["classes"] for m in c["methods"].values()} <= functions
         assert all(c["mro"][0] == c["addr"] and set(c["bases"]) <= set(c["mro"]) for c in truth["classes"])
-        assert any(c["module"] == "__main__" for c in truth["classes"])
+        if truth["scenario"] != model_zoo.SCENARIO:  # model_zoo.py defines functions only
+            assert any(c["module"] == "__main__" for c in truth["classes"])
+        assert any(f["module"] == "__main__" for f in truth["functions"])
         assert "__main__" in {m["name"] for m in truth["modules"]}
 
 
@@ -200,6 +257,41 @@ def test_torch_ground_truth_describes_the_model_oddities(corpus):
     assert {"torch.nn.modules.container.ModuleList", "torch.nn.modules.container.ModuleDict"} <= {
         cls for _, cls, _ in model["named_modules"]
     }
+
+
+@pytest.mark.image
+@pytest.mark.parametrize("kind", catalog.KINDS)
+@pytest.mark.parametrize("name", ZOO_IMAGES)
+def test_zoo_ground_truth_describes_the_whole_model(name, kind, corpus):
+    image = corpus(name, kind)
+    (truth,) = [load_ground_truth(path) for path in image.ground_truth.values()]
+    assert truth["scenario"] == model_zoo.SCENARIO and truth["torch_version"].startswith("2.13.0")
+    (model,) = truth["models"]
+    root_class, tensor_count, output_shape = ZOO_EXPECTED[name]
+    assert model["class"] == root_class
+    assert model["named_modules"][0] == ["", root_class, model["root_addr"]]
+    tensors = model["tensors"]
+    assert len(tensors) == tensor_count
+    assert all(len(t["sha256"]) == 64 and t["numel"] > 0 for t in tensors)
+    assert set(model["state_dict_keys"]) <= {t["name"] for t in tensors}
+    assert {t["name"] for t in tensors if t["persistent"]} == set(model["state_dict_keys"])
+    assert model["output_shape"] == output_shape and len(model["output_sha256"]) == 64
+    assert model["input"]["seed"] == model_zoo.INPUT_SEED
+    module_names = {n for n, _, _ in model["named_modules"]}
+    assert {t["name"].rpartition(".")[0] for t in tensors} <= module_names
+
+
+@pytest.mark.image
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_IMAGES)
+def test_zoo_weights_are_the_same_in_the_guest_and_on_the_host(name, corpus):
+    """Same seed, same torch: the guest's and the host's tensors agree bit for bit (outputs may not)."""
+    hashes = []
+    for kind in ("lime", "core"):
+        image = corpus(name, kind)
+        (truth,) = [load_ground_truth(path) for path in image.ground_truth.values()]
+        hashes.append({t["name"]: t["sha256"] for t in truth["models"][0]["tensors"]})
+    assert hashes[0] == hashes[1]
 
 
 @pytest.mark.image

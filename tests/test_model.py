@@ -106,7 +106,7 @@ def test_dumped_weights_rebuild_the_same_model(tmp_path, name, kind):
                 [str(python), os.path.join(zen_testlib.REPO, "tests", "rebuild_model.py"),
                  os.path.join(zen_testlib.REPO, "tools", "corpus", "deploy", script), builder,
                  str(stem.with_suffix(".safetensors")), json.dumps(want["input"])],
-                capture_output=True, text=True, env=dict(os.environ, DNNL_MAX_CPU_ISA="SSE41", ATEN_CPU_CAPABILITY="default",
+                capture_output=True, text=True, env=dict(os.environ, DNNL_MAX_CPU_ISA="SSE41", ATEN_CPU_CAPABILITY="default", MKL_CBWR="COMPATIBLE",
                                                         OMP_NUM_THREADS="1"), timeout=600)
             assert out.returncode == 0, out.stderr[-2000:]
             assert out.stdout.split()[-1] == want["output_sha256"]

@@ -24,7 +24,7 @@ BASE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",  # the guest sees the host read-only; keep the host tree clean too
     "PYTHONHASHSEED": "0",
 }
-TORCH_ENV = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+TORCH_ENV = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class Planned:
         return dict(BASE_ENV, **(TORCH_ENV if self.interpreter.torch else {}))
 
     def environment(self, deployment: Deployment, out_dir: str, tmp_dir: str) -> Dict[str, str]:
-        return dict(self.static_environment(), TMPDIR=tmp_dir, **{OUT_ENV: out_dir, DEPLOYMENT_ENV: deployment.name})
+        env = dict(self.static_environment(), TMPDIR=tmp_dir, **{OUT_ENV: out_dir, DEPLOYMENT_ENV: deployment.name})
+        env.update(self.interpreter.env)  # a stripped interpreter's LD_LIBRARY_PATH and PYTHONHOME
+        return env
 
     def record(self, pid: int) -> dict:
         """This process's entry in build.json."""

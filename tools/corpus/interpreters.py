@@ -3,7 +3,12 @@
 Identifiers used by the catalogue:
 - "3.7" .. "3.13": pyenv's CPython of that minor version (built --enable-shared, with DWARF);
 - "debian-3.11": Debian's /usr/bin/python3.11 (static libpython, non-PIE);
-- "torch-3.11": a venv of pyenv's 3.11 with torch and numpy, created once in the cache.
+- "torch-3.11": a venv of pyenv's 3.11 with torch and numpy, created once in the cache;
+- "torch-zoo-3.11": a second venv of pyenv's 3.11 with torch and third-party model packages (timm,
+  ultralytics, transformers, torchvision), every package pinned, created once in the cache;
+- "stripped-3.11" (any "stripped-3.X"): pyenv's python3.X and libpython, copied into the cache and
+  ``strip --strip-all``-ed (no .symtab, no DWARF; .dynsym, section headers and the build ID stay), run
+  with LD_LIBRARY_PATH on the copy and PYTHONHOME on the pyenv prefix (for the standard library).
 
 Plain interpreters run with ``-S``: their site-packages hold whatever this machine happens to have
 installed (and .pth files that import things at start-up), which would make images depend on the
@@ -25,6 +30,38 @@ DEBIAN_PYTHON = Path("/usr/bin/python3.11")
 TORCH_BASE = "3.11"
 TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy==2.4.6")
 
+ZOO_IDENT = "torch-zoo-" + TORCH_BASE
+# What deploy/model_zoo.py imports.  torchvision from the registry needs deploy/_torchvision_fix.py.
+ZOO_REQUIREMENTS = (
+    "torch==2.13.0",
+    "numpy==2.4.6",
+    "torchvision==0.28.0",
+    "timm==1.0.31",
+    "ultralytics==8.4.190",
+    "transformers==5.23.0",
+)
+# Every package the requirements pull in, at the version measured (pip freeze of the venv), so the
+# venv is the same wherever it is created.  Used as the constraints file; it also pins torch.
+ZOO_CONSTRAINTS = ZOO_REQUIREMENTS + (
+    "annotated-doc==0.0.7", "annotated-types==0.8.0", "anyio==4.16.0", "certifi==2026.10.18",
+    "charset-normalizer==3.5.2", "click==8.5.1", "contourpy==1.3.3", "cycler==0.12.1", "filelock==4.2.11",
+    "fonttools==4.68.0", "fsspec==2026.9.0", "h11==0.16.0", "hf-xet==1.8.0", "httpcore==1.0.9",
+    "httpcore2==2.16.2", "httpx==0.28.1", "httpx2==2.16.2", "huggingface-hub==2.4.0", "idna==3.20",
+    "jinja2==3.1.6", "kiwisolver==1.5.1", "markdown-it-py==4.3.0", "markupsafe==3.0.4", "matplotlib==3.11.2",
+    "mdurl==0.1.2", "mpmath==1.3.0", "networkx==3.6.1", "nvidia-ml-py==13.615.71", "opencv-python==5.0.0.93",
+    "packaging==26.3", "pillow==13.0.0", "polars==2.1.0", "polars-runtime-32==2.1.0", "psutil==7.2.2",
+    "pydantic==2.14.3", "pydantic-core==2.50.4", "pygments==2.21.0", "pyparsing==3.3.3",
+    "python-dateutil==4.0.0", "pyyaml==6.0.3", "regex==2026.11.15", "requests==2.34.2", "rich==15.0.0",
+    "safetensors==0.8.0", "setuptools==84.2.1", "shellingham==1.5.4", "sympy==1.14.0", "tokenizers==0.23.3",
+    "tqdm==4.70.1", "truststore==0.10.5", "typer==0.29.2", "typing-extensions==4.16.0",
+    "typing-inspection==0.4.5", "tzdata==2026.6", "ultralytics-platform==0.1.99", "ultralytics-thop==2.2.3",
+    "urllib3==2.8.0",
+)
+# Modules of deploy/ that the zoo's scripts import besides _groundtruth.py.  The image key hashes only
+# each process's script and _groundtruth.py, so the zoo interpreter's identity carries these.
+ZOO_SUPPORT_FILES = ("_torchvision_fix.py",)
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
+
 
 @dataclass(frozen=True)
 class Interpreter:
@@ -34,6 +71,10 @@ class Interpreter:
     flags: Tuple[str, ...]  # interpreter options placed before the script
     torch: bool = False
     requirements: Tuple[str, ...] = ()
+    constraints: Tuple[str, ...] = ()  # beyond the requirements (zoo venv only)
+    support_files: Tuple[Path, ...] = ()  # deploy/ modules its scripts import (zoo venv only)
+    env: Tuple[Tuple[str, str], ...] = ()  # extra environment; holds paths, so not part of the key
+    made_from: Tuple[Tuple[str, str], ...] = ()  # what a derived interpreter is made from (stripped only)
 
     @property
     def process_name(self) -> str:
@@ -41,7 +82,15 @@ class Interpreter:
 
     def identity(self) -> dict:
         """What of this interpreter determines an image (no paths: caches stay portable)."""
-        return {"ident": self.ident, "version": self.version, "requirements": list(self.requirements)}
+        identity = {"ident": self.ident, "version": self.version, "requirements": list(self.requirements)}
+        if self.constraints:  # only the zoo venv has these: the torch venv's keys stay as they were
+            identity["constraints"] = list(self.constraints)
+        if self.support_files:
+            identity["support_files"] = {p.name: cache.file_sha256(p) for p in self.support_files}
+        if self.made_from:  # only stripped interpreters have these: other keys stay as they were
+            identity["made_from"] = dict(self.made_from)
+            identity["env"] = sorted(name for name, _ in self.env)
+        return identity
 
 
 class InterpreterMissing(BuildError):
@@ -79,6 +128,10 @@ def resolve(ident: str, create: bool = True) -> Interpreter:
         return Interpreter(ident, DEBIAN_PYTHON, _sys_version(DEBIAN_PYTHON), ("-S",))
     if ident == "torch-" + TORCH_BASE:
         return _torch_interpreter(create)
+    if ident == ZOO_IDENT:
+        return _zoo_interpreter(create)
+    if re.fullmatch(STRIPPED_PREFIX + r"3\.\d+", ident):
+        return _stripped_interpreter(ident[len(STRIPPED_PREFIX):], create)
     if re.fullmatch(r"3\.\d+", ident):
         executable = _pyenv_python(ident)
         return Interpreter(ident, executable, _sys_version(executable), ("-S",))
@@ -124,3 +177,113 @@ def _create_torch_venv(base: Path, venv: Path) -> None:
     subprocess.run(pip + list(TORCH_REQUIREMENTS), check=True)
     os.rename(tmp, venv)
 
+
+
+def _zoo_interpreter(create: bool) -> Interpreter:
+    base = _pyenv_python(TORCH_BASE)
+    version = _sys_version(base)
+    venv = zoo_venv_path(version)
+    if create and not venv.exists():
+        with cache.locked(venv):
+            if not venv.exists():
+                _create_venv(base, venv, ZOO_REQUIREMENTS, ZOO_CONSTRAINTS)
+    return Interpreter(
+        ZOO_IDENT,
+        venv / "bin" / base.name,
+        version,
+        (),
+        torch=True,
+        requirements=ZOO_REQUIREMENTS,
+        constraints=ZOO_CONSTRAINTS,
+        support_files=tuple(DEPLOY_DIR / name for name in ZOO_SUPPORT_FILES),
+    )
+
+
+def zoo_venv_path(base_version: str) -> Path:
+    key = cache.digest({"base": base_version, "requirements": ZOO_REQUIREMENTS, "constraints": ZOO_CONSTRAINTS})
+    return cache.root() / "venvs" / ("%s-%s" % (ZOO_IDENT, key[:12]))
+
+
+def _create_venv(base: Path, venv: Path, requirements: Tuple[str, ...], constraints: Tuple[str, ...]) -> None:
+    """Like _create_torch_venv, with a constraints file that pins every package, torch included."""
+    tmp = venv.with_name(venv.name + ".tmp-%d" % os.getpid())
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    print("corpus: creating venv %s (a few minutes)" % venv, flush=True)
+    subprocess.run([str(base), "-m", "venv", str(tmp)], check=True)
+    constraints_file = tmp / "constraints.txt"
+    constraints_file.write_text("".join(r + "\n" for r in constraints))
+    pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--constraint", str(constraints_file)]
+    subprocess.run(pip + list(requirements), check=True)
+    os.rename(tmp, venv)
+
+
+# -- stripped copies of a pyenv interpreter ------------------------------------------------------
+
+STRIPPED_PREFIX = "stripped-"
+STRIP_FLAGS = ("--strip-all",)
+
+
+def _strip_version() -> str:
+    try:
+        out = subprocess.run(["strip", "--version"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise InterpreterMissing("strip (binutils) is needed for stripped interpreters: %s" % exc)
+    return out.splitlines()[0].strip()
+
+
+def _libpython(base: Path, minor: str) -> Path:
+    """The libpython3.X[m].so.1.0 next to a pyenv --enable-shared install."""
+    found = sorted((base.parent.parent / "lib").glob("libpython%s*.so.1.0" % minor))
+    if not found:
+        raise InterpreterMissing("no libpython%s*.so.1.0 beside %s (a shared pyenv build is needed)" % (minor, base))
+    return found[0]
+
+
+def _stripped_interpreter(minor: str, create: bool) -> Interpreter:
+    """pyenv's python3.X + libpython, ``strip --strip-all``-ed copies in <cache>/interpreters/.
+
+    The copy's directory is keyed by the sha256 of both originals and strip's version, which are
+    also in the image key, so the stripped files are a function of the key.  The originals keep their
+    RUNPATH (not RPATH), so LD_LIBRARY_PATH makes the copied binary load the copied library.
+    """
+    base = _pyenv_python(minor)
+    lib = _libpython(base, minor)
+    made_from = (
+        (base.name, cache.file_sha256(base)),
+        (lib.name, cache.file_sha256(lib)),
+        ("strip", " ".join((_strip_version(),) + STRIP_FLAGS)),
+    )
+    directory = cache.root() / "interpreters" / ("%s%s-%s" % (STRIPPED_PREFIX, minor, cache.digest(made_from)[:12]))
+    executable, library = directory / "bin" / base.name, directory / "lib" / lib.name
+    prefix = base.parent.parent
+    env = (("LD_LIBRARY_PATH", str(library.parent)), ("PYTHONHOME", str(prefix)))
+    version = _sys_version(base)
+    if create and not directory.exists():
+        with cache.locked(directory):
+            if not directory.exists():
+                _create_stripped(base, lib, directory, dict(env), version)
+    return Interpreter(STRIPPED_PREFIX + minor, executable, version, ("-S",), env=env, made_from=made_from)
+
+
+def _create_stripped(base: Path, lib: Path, directory: Path, env: dict, version: str) -> None:
+    tmp = directory.with_name(directory.name + ".tmp-%d" % os.getpid())
+    shutil.rmtree(tmp, ignore_errors=True)
+    for source, sub in ((base, "bin"), (lib, "lib")):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+        target = tmp / sub / source.name
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o755)
+        subprocess.run(["strip", *STRIP_FLAGS, str(target)], check=True)
+    # The copy must run, report the same version and load the stripped library, not pyenv's.
+    probe = (
+        "import sys\n"
+        "print(sys.version)\n"
+        "print([l.split()[-1] for l in open('/proc/self/maps') if 'libpython' in l][0])\n"
+    )
+    env = dict(env, LD_LIBRARY_PATH=str(tmp / "lib"), PATH="/usr/bin:/bin")
+    out = subprocess.run([str(tmp / "bin" / base.name), "-S", "-c", probe], env=env, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    if out[:-1] != version.splitlines() or Path(out[-1]) != tmp / "lib" / lib.name:
+        raise InterpreterMissing("stripped %s does not run as expected: %r" % (base, out))
+    os.rename(tmp, directory)
