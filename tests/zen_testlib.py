@@ -117,3 +117,51 @@ def summarize(problems: Dict[str, List[str]], limit: int = 8) -> str:
         lines.append(f"{kind}: {len(items)} problems")
         lines += ["  " + i for i in items[:limit]]
     return "\n".join(lines)
+
+
+# -- corrupted copies of an image (tests/test_corruption.py) ----------------------------------------
+
+PAGE = 4096
+
+
+def core_page_offsets(core_path: str) -> Dict[int, int]:
+    """{virtual page address: file offset} of every whole page a process core holds, from its PT_LOAD
+    headers (p_vaddr -> p_offset, p_filesz bytes; the rest of a segment is not in the file)."""
+    import struct
+
+    with open(core_path, "rb") as fh:
+        ehdr = fh.read(64)
+        phoff, = struct.unpack_from("<Q", ehdr, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        fh.seek(phoff)
+        table = fh.read(phentsize * phnum)
+    pages = {}
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if p_type == 1:  # PT_LOAD
+            for delta in range(0, p_filesz - p_filesz % PAGE, PAGE):
+                pages[p_vaddr + delta] = p_offset + delta
+    return pages
+
+
+def layer_page_offsets(context, layer_name: str, regions) -> Dict[int, int]:
+    """{virtual page address: file offset} of every present page of ``regions`` in a Volatility layer,
+    translated down to the image file through each layer's ``mapping()`` (for a LiME image: the
+    process layer gives physical addresses, the LiME layer gives file offsets)."""
+    from volatility3.framework import interfaces
+
+    def file_runs(name, offset, length):
+        layer = context.layers[name]
+        if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
+            yield offset, length
+            return
+        for _off, _len, mapped, mapped_len, sublayer in layer.mapping(offset, length, ignore_errors=True):
+            yield from file_runs(sublayer, mapped, mapped_len)
+
+    pages = {}
+    for region in regions:
+        for page in range(region.start, region.end, PAGE):
+            runs = list(file_runs(layer_name, page, PAGE))
+            if len(runs) == 1 and runs[0][1] == PAGE:
+                pages[page] = runs[0][0]
+    return pages

@@ -19,9 +19,10 @@ from volatility3.plugins.linux import pslist
 
 from . import automagic as _register_automagic  # noqa: F401 - Volatility finds automagics by subclass
 from . import volatility as volglue
+from .cpython.objects import DECODE_ERRORS
 from .cpython.recover import PythonProcess
 from .cpython.runtime import hosts_python
-from .errors import ZenError
+from .errors import CorruptObjectError, ZenError
 from .representation.program import CodeObject, Program
 
 vollog = logging.getLogger(__name__)
@@ -140,14 +141,35 @@ def _version_tuple(program: Program) -> Tuple[int, int]:
     return int(major), int(minor)
 
 
+def _resolver(program: Program) -> Callable[[int], CodeObject]:
+    """Recovered code objects by address, for nested code; one that smeared memory made unreadable
+    is a CorruptObjectError (not a bare KeyError)."""
+
+    def resolve(address: int) -> CodeObject:
+        code = program.code_objects.get(address)
+        if code is None:
+            raise CorruptObjectError(f"code object at 0x{address:x} (nested) was not recovered")
+        return code
+
+    return resolve
+
+
 def source_text(program: Program, code: CodeObject) -> str:
-    """Decompiled source where a decompiler supports the version, else disassembly."""
+    """Decompiled source where a decompiler supports the version, else disassembly; for a code object
+    that neither can render (its nested code lost, or garbled by smeared memory), a comment saying why."""
     from .cpython import disassemble
 
     version = _version_tuple(program)
-    resolve = program.code_objects.__getitem__
-    text = disassemble.decompile(code, resolve, version)
-    return text if text is not None else disassemble.disassemble(code, resolve, version)
+    resolve = _resolver(program)
+    try:
+        text = disassemble.decompile(code, resolve, version)
+        return text if text is not None else disassemble.disassemble(code, resolve, version)
+    except Exception as exc:  # noqa: BLE001 -- xdis asserts on garbled bytecode, decompilers raise anything
+        return f"# no source or disassembly of code object 0x{code.address:x}: {_describe(exc)}"
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ZenError) else f"{type(exc).__name__}: {exc}"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -159,11 +181,15 @@ def dump_code_objects(program: Program, entries, open_file) -> Dict:
     from .cpython import marshal_writer
 
     version = _version_tuple(program)
-    resolve = program.code_objects.__getitem__
+    resolve = _resolver(program)
     index = {"pid": program.pid, "process": program.process, "python": program.interpreter.version, "code_objects": []}
     for e in entries:
         stem = f"pid{program.pid}.{_UNSAFE.sub('_', (e.module or 'unknown') + '.' + e.qualname)[:120]}.{e.code.address:x}"
-        data = marshal_writer.dumps_code(e.code, resolve, version)
+        try:
+            data = marshal_writer.dumps_code(e.code, resolve, version)
+        except DECODE_ERRORS as exc:
+            vollog.warning("PID %d: code object at 0x%x not dumped: %s", program.pid, e.code.address, _describe(exc))
+            continue
         with open_file(stem + ".marshal") as fh:
             fh.write(data)
         source = source_text(program, e.code)

@@ -21,6 +21,7 @@ from .memory import MemoryRegion, ProcessMemory
 
 vollog = logging.getLogger(__name__)
 
+_ANONYMOUS = "Anonymous Mapping"  # Volatility's name for anonymous memory, which MemoryRegion calls ""
 _CLEAR_EVERY = 32  # Volatility lru-caches every read (512 entries); big reads would pin hundreds of MiB
 
 
@@ -98,6 +99,8 @@ def task_regions(context, task) -> List[MemoryRegion]:
                 name = vma.get_name(context, task) or ""
                 if vm_file:
                     names_by_file[vm_file] = name
+            if name == _ANONYMOUS:
+                name = ""
             regions.append(MemoryRegion(start, end, _perms(int(vma.vm_flags)), name, vma.get_page_offset()))
         except exceptions.InvalidAddressException:
             vollog.debug("skipping an unreadable VMA of PID %s", task.pid)

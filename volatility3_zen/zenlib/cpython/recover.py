@@ -5,14 +5,14 @@ walk goes on, so a smeared image still yields a partial table.
 """
 
 import struct
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
 from ..representation.program import ClassInfo, CodeObject, CodeRef, Function, InterpreterInfo, ModuleInfo, Program
 from .code import CodeReader
 from .heap import Heap, Py_TPFLAGS_HEAPTYPE
-from .objects import ObjectReader
+from .objects import DECODE_ERRORS, ObjectReader
 from .runtime import METHODS, Runtime, find_runtime
 
 _U64 = struct.Struct("<Q")
@@ -44,20 +44,36 @@ class PythonProcess:
         return InterpreterInfo(rt.version, rt.runtime, rt.interpreter, rt.method, rt.image.path)
 
     # -- functions -------------------------------------------------------------------------------
-    def read_function(self, address: int) -> Function:
+    def read_function(self, address: int, warn: Callable[[str], None] = lambda text: None) -> Function:
+        """A function object.  Only its code pointer is essential: a name, module, defaults or closure
+        that smeared memory made unreadable is left empty, with a warning (``recover`` then names the
+        function after its code object), so that the code object is still reached."""
         o = self.objects
         raw = o.mem.read(address, max(self._f.values()) + 8)
         p = {k: _U64.unpack_from(raw, off)[0] for k, off in self._f.items()}
-        module = None
-        if p["func_module"] and o.kind(p["func_module"]) == "str":
-            module = o.read_str(p["func_module"])
-        name = o.read_str(p["func_name"])
-        qualname = o.read_str(p["func_qualname"])
-        defaults = len(o.tuple_items(p["func_defaults"])) if p["func_defaults"] else 0
-        kwdefaults = 0
-        if p["func_kwdefaults"] and o.kind(p["func_kwdefaults"]) == "dict":
-            kwdefaults = sum(1 for _ in o.dict_items(p["func_kwdefaults"]))
-        closure = len(o.tuple_items(p["func_closure"])) if p["func_closure"] else 0
+        if not p["func_code"] or p["func_code"] % 8:
+            raise CorruptObjectError(f"function at 0x{address:x} has code pointer 0x{p['func_code']:x}")
+
+        def part(what: str, decode: Callable[[], Any], default: Any) -> Any:
+            try:
+                return decode()
+            except DECODE_ERRORS as exc:
+                warn(f"function at 0x{address:x}: {what} unreadable ({exc})")
+                return default
+
+        def is_a(pointer: int, kind: str) -> bool:
+            return bool(pointer) and o.kind(pointer) == kind
+
+        def length(pointer: int) -> int:
+            return len(o.tuple_items(pointer)) if pointer else 0
+
+        name = part("__name__", lambda: o.read_str(p["func_name"]), "")
+        qualname = part("__qualname__", lambda: o.read_str(p["func_qualname"]), "")
+        module = part("__module__", lambda: o.read_str(p["func_module"]) if is_a(p["func_module"], "str") else None, None)
+        defaults = part("__defaults__", lambda: length(p["func_defaults"]), 0)
+        kwdefaults = part("__kwdefaults__", lambda: sum(1 for _ in o.dict_items(p["func_kwdefaults"]))
+                          if is_a(p["func_kwdefaults"], "dict") else 0, 0)
+        closure = part("__closure__", lambda: length(p["func_closure"]), 0)
         return Function(address, p["func_code"], name, qualname, module, defaults, kwdefaults, closure,
                         function_kind(name, qualname))
 
@@ -98,7 +114,7 @@ class PythonProcess:
                 inner = o.u64(value + self._property_get)
             if inner and o.kind(inner) == "function":
                 return inner
-        except MemoryReadError:
+        except DECODE_ERRORS:
             pass
         return None
 
@@ -134,17 +150,18 @@ class PythonProcess:
             if progress and i % 5000 == 0:
                 progress(100.0 * i / total, f"Reading functions ({i}/{len(function_addrs)})")
             try:
-                program.functions[addr] = self.read_function(addr)
-            except (MemoryReadError, CorruptObjectError) as exc:
+                program.functions[addr] = self.read_function(addr, warn.add)
+            except DECODE_ERRORS as exc:
                 warn.add(f"function at 0x{addr:x}: {exc}")
         for i, addr in enumerate(class_addrs):
             try:
                 program.classes[addr] = self.read_class(addr)
-            except (MemoryReadError, CorruptObjectError) as exc:
+            except DECODE_ERRORS as exc:
                 warn.add(f"class at 0x{addr:x}: {exc}")
         if progress:
             progress(90.0, "Reading code objects")
         self._read_code_objects(program, warn)
+        self._name_unnamed_functions(program)
         if progress:
             progress(97.0, "Reading modules")
         self._read_modules(program, warn)
@@ -161,7 +178,7 @@ class PythonProcess:
                 continue
             try:
                 code = self.code_reader.read(addr)
-            except (MemoryReadError, CorruptObjectError, UnicodeDecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 warn.add(f"code object at 0x{addr:x}: {exc}")
                 code_objects[addr] = None  # tried; do not retry
                 continue
@@ -170,18 +187,28 @@ class PythonProcess:
         for addr in [a for a, c in code_objects.items() if c is None]:
             del code_objects[addr]
 
+    @staticmethod
+    def _name_unnamed_functions(program: Program) -> None:
+        """Functions whose name was unreadable take their code object's."""
+        for func in program.functions.values():
+            code = program.code_objects.get(func.code)
+            if code is not None and not (func.name and func.qualname):
+                func.name = func.name or code.name
+                func.qualname = func.qualname or code.qualname or code.name
+                func.kind = function_kind(func.name, func.qualname)
+
     def _read_modules(self, program: Program, warn: "_Warnings") -> None:
         o = self.objects
         try:
             modules = self.heap.modules()
-        except (MemoryReadError, CorruptObjectError) as exc:
+        except DECODE_ERRORS as exc:
             warn.add(f"modules dict unreadable: {exc}")
             return
         for name, addr in modules.items():
             info = ModuleInfo(addr, name, None)
             try:
                 namespace = o.str_dict(o.u64(addr + o.off_md_dict))
-            except (MemoryReadError, CorruptObjectError) as exc:
+            except DECODE_ERRORS as exc:
                 warn.add(f"module {name}: dict unreadable ({exc})")
                 program.modules[name] = info
                 continue
@@ -189,7 +216,7 @@ class PythonProcess:
             try:
                 if file_addr and o.kind(file_addr) == "str":
                     info.file = o.read_str(file_addr)
-            except (MemoryReadError, CorruptObjectError):
+            except DECODE_ERRORS:
                 pass
             for value in namespace.values():
                 if value in program.functions and program.functions[value].module == name:
