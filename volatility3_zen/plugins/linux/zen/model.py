@@ -42,7 +42,7 @@ class Model(interfaces.plugins.PluginInterface):
                     for node in model.modules:
                         n_params = len(export.tensors_of(model, node.path))
                         yield node.depth, (pid, format_hints.Hex(model.root_address), node.path or "(root)", node.class_path,
-                                           len(node.children), n_params, json.dumps(node.hyperparameters, sort_keys=True), ",".join(node.hooks))
+                                           len(node.children), n_params, export.readable_hyperparameters(node.hyperparameters), ",".join(node.hooks))
                 elif self.config.get("tensors"):
                     for t in model.tensors:
                         info = t.info
