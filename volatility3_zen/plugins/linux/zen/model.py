@@ -1,6 +1,5 @@
 """linux.zen.model: the PyTorch models of every CPython process (module tree, hyper-parameters, tensors, weights)."""
 
-import json
 import logging
 from typing import Iterator, List, Tuple
 
