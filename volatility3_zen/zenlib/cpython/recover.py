@@ -44,10 +44,10 @@ class PythonProcess:
         return InterpreterInfo(rt.version, rt.runtime, rt.interpreter, rt.method, rt.image.path)
 
     # -- functions -------------------------------------------------------------------------------
-    def read_function(self, address: int, warn: Callable[[str], None] = lambda text: None) -> Function:
+    def read_function(self, address: int, problems: Optional[List[str]] = None) -> Function:
         """A function object.  Only its code pointer is essential: a name, module, defaults or closure
-        that smeared memory made unreadable is left empty, with a warning (``recover`` then names the
-        function after its code object), so that the code object is still reached."""
+        that smeared memory made unreadable is left empty and said in ``problems`` (``recover`` then
+        names the function after its code object), so that the code object is still reached."""
         o = self.objects
         raw = o.mem.read(address, max(self._f.values()) + 8)
         p = {k: _U64.unpack_from(raw, off)[0] for k, off in self._f.items()}
@@ -58,7 +58,8 @@ class PythonProcess:
             try:
                 return decode()
             except DECODE_ERRORS as exc:
-                warn(f"function at 0x{address:x}: {what} unreadable ({exc})")
+                if problems is not None:
+                    problems.append(f"function at 0x{address:x}: {what} unreadable ({exc})")
                 return default
 
         def is_a(pointer: int, kind: str) -> bool:
@@ -146,13 +147,18 @@ class PythonProcess:
             warn.add(w)
 
         total = len(function_addrs) + len(class_addrs) or 1
+        partly = []  # the first problem of each function read only in part, reported in one warning
         for i, addr in enumerate(function_addrs):
             if progress and i % 5000 == 0:
                 progress(100.0 * i / total, f"Reading functions ({i}/{len(function_addrs)})")
+            problems: List[str] = []
             try:
-                program.functions[addr] = self.read_function(addr, warn.add)
+                program.functions[addr] = self.read_function(addr, problems)
             except DECODE_ERRORS as exc:
                 warn.add(f"function at 0x{addr:x}: {exc}")
+            partly += problems[:1]
+        if partly:
+            warn.add(f"{len(partly)} functions partly unreadable, kept for their code objects; the first: {partly[0]}")
         for i, addr in enumerate(class_addrs):
             try:
                 program.classes[addr] = self.read_class(addr)
