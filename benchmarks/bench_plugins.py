@@ -11,7 +11,6 @@ plugin / pslist <= 2.0, peak RSS <= 1 GiB.
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys

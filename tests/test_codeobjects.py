@@ -8,7 +8,6 @@ equal what the process wrote about itself.
 """
 
 import json
-import marshal
 import os
 import subprocess
 

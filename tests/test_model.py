@@ -15,7 +15,6 @@ import pytest
 from tools.corpus import ensure_image, load_ground_truth
 from tools.corpus import interpreters
 from volatility3_zen.zenlib import session
-from volatility3_zen.zenlib.representation.model import encode_value  # noqa: F401 - documents the shared form
 
 import zen_testlib
 

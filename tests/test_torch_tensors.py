@@ -14,7 +14,6 @@ import hashlib
 import json
 import mmap
 import os
-import shutil
 import struct
 import subprocess
 import time

@@ -5,7 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from volatility3_zen.zenlib.representation.program import CodeObject, Program, encode_const
 

@@ -105,7 +105,7 @@ def programs(context, config, progress: Optional[Callable] = None) -> Iterator[T
         yield target, program
 
 
-def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchProcess"]]:
+def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchProcess"]]:  # noqa: F821 - imported lazily
     """CPython processes that imported torch (others are skipped, or fatal when named with --pid)."""
     from .torch.model import TorchProcess
 

@@ -6,7 +6,7 @@ result of CPython's own deopt pass; we repeat that pass with the *target* versio
 (``opcodes-3.X.json``, generated from that libpython), never with the analysing interpreter's.
 """
 
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .layouts import OpcodeTables
 

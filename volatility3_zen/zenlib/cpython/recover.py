@@ -5,11 +5,11 @@ walk goes on, so a smeared image still yields a partial table.
 """
 
 import struct
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from ..errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
-from ..representation.program import ClassInfo, CodeObject, CodeRef, Function, InterpreterInfo, ModuleInfo, Program
+from ..representation.program import ClassInfo, CodeRef, Function, InterpreterInfo, ModuleInfo, Program
 from .code import CodeReader
 from .heap import Heap, Py_TPFLAGS_HEAPTYPE
 from .objects import DECODE_ERRORS, ObjectReader

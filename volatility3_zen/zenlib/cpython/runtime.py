@@ -11,7 +11,6 @@ Discovery methods, tried in this order, each candidate validated like pystack do
 """
 
 import re
-import struct
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 

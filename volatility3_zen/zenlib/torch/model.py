@@ -10,9 +10,9 @@ The tree follows each module's ``_modules`` dict, which keeps registration order
 import hashlib
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from ..errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError, ZenError
+from ..errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError
 from ..representation.model import (
-    ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, TensorInfo, encode_value,
+    ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, encode_value,
 )
 from ..cpython.recover import PythonProcess
 from .layouts import load_torch_layout
