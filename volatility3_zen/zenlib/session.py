@@ -175,9 +175,12 @@ def _describe(exc: Exception) -> str:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def dump_code_objects(program: Program, entries, open_file) -> Dict:
+def dump_code_objects(program: Program, entries, open_file, sources: Optional[Dict[int, str]] = None) -> Dict:
     """One marshal file per code object (loadable by ``marshal.loads`` of the image's Python version)
-    plus source / disassembly text, written through the plugin's ``open``; returns the JSON index."""
+    plus source / disassembly text, written through the plugin's ``open``; returns the JSON index.
+    ``sources`` (code address -> text) is filled so that a caller showing the text too does not
+    decompile twice (decompiling is the slow part)."""
+    sources = {} if sources is None else sources
     from .cpython import marshal_writer
 
     version = _version_tuple(program)
@@ -192,7 +195,9 @@ def dump_code_objects(program: Program, entries, open_file) -> Dict:
             continue
         with open_file(stem + ".marshal") as fh:
             fh.write(data)
-        source = source_text(program, e.code)
+        if e.code.address not in sources:
+            sources[e.code.address] = source_text(program, e.code)
+        source = sources[e.code.address]
         with open_file(stem + ".txt") as fh:
             fh.write(source.encode("utf-8", "surrogateescape"))
         index["code_objects"].append({

@@ -33,17 +33,18 @@ class CodeObjects(interfaces.plugins.PluginInterface):
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         module_filter = re.compile(self.config["module"]) if self.config.get("module") else None
         user_only = self.config.get("user-only")
-        for proc, program in session.programs(self.context, self.config, self._progress_callback):
+        for _target, program in session.programs(self.context, self.config, self._progress_callback):
             entries = [
                 e for e in index_code_objects(program)
                 if (not user_only or e.user_code) and (module_filter is None or module_filter.search(e.module or ""))
             ]
+            sources = {}  # code address -> source text, shared by the dump and the Source column
             if self.config.get("dump"):
-                self._dump(proc, program, entries)
+                self._dump(program, entries, sources)
             for e in entries:
-                yield 0, self._row(program, e)
+                yield 0, self._row(program, e, sources)
 
-    def _row(self, program, e: CodeEntry) -> tuple:
+    def _row(self, program, e: CodeEntry, sources) -> tuple:
         row = (
             program.pid,
             program.process,
@@ -62,11 +63,13 @@ class CodeObjects(interfaces.plugins.PluginInterface):
             e.function_id,
         )
         if self.config.get("decompile"):
-            row += (session.source_text(program, e.code),)
+            if e.code.address not in sources:
+                sources[e.code.address] = session.source_text(program, e.code)
+            row += (sources[e.code.address],)
         return row
 
-    def _dump(self, proc, program, entries: List[CodeEntry]) -> None:
-        index = session.dump_code_objects(program, entries, self.open)
+    def _dump(self, program, entries: List[CodeEntry], sources) -> None:
+        index = session.dump_code_objects(program, entries, self.open, sources)
         with self.open(f"codeobjects-{program.pid}.json") as fh:
             fh.write(json.dumps(index, indent=1, sort_keys=True).encode())
 
