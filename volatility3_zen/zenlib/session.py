@@ -22,7 +22,7 @@ from . import volatility as volglue
 from .cpython.objects import DECODE_ERRORS
 from .cpython.recover import PythonProcess
 from .cpython.runtime import hosts_python
-from .errors import CorruptObjectError, ZenError
+from .errors import CorruptObjectError, NoPythonError, ZenError
 from .representation.program import CodeObject, Program
 
 vollog = logging.getLogger(__name__)
@@ -115,9 +115,11 @@ def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchPro
         try:
             torch_process = TorchProcess(process)
         except ZenError as exc:
-            if pids:
+            if pids or target.source == "core":
                 fail(f"PID {target.pid} ({target.name}): {exc}")
-            vollog.info("PID %d: %s", target.pid, exc)
+            # A Python process without torch is routine; an unreadable or unsupported torch is not.
+            level = logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING
+            vollog.log(level, "PID %d (%s): %s", target.pid, target.name, exc)
             continue
         found += 1
         yield target, torch_process

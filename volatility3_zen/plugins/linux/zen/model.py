@@ -48,7 +48,8 @@ class Model(interfaces.plugins.PluginInterface):
                         yield 0, (pid, format_hints.Hex(model.root_address), t.name, t.kind, t.persistent, str(list(info.shape)),
                                   str(list(info.strides)), info.storage_offset, info.dtype, info.device,
                                   renderers.NotAvailableValue() if info.requires_grad is None else info.requires_grad,
-                                  info.numel, info.nbytes, t.shares_storage_with or "", t.sha256 or renderers.UnreadableValue())
+                                  info.numel, info.nbytes, t.shares_storage_with or "",
+                                  t.sha256 or t.warning or renderers.UnreadableValue())  # e.g. "resident on cuda:0"
                 else:
                     yield 0, (pid, target.name, format_hints.Hex(model.root_address), model.root_class, summary.modules,
                               summary.parameters, summary.buffers, summary.tensors, summary.weights, summary.nbytes,
