@@ -36,7 +36,7 @@ class TorchProcess:
         self.heap = python.heap
         modules = self.heap.modules()
         if "torch" not in modules:
-            raise NoPythonError(f"PID {python.memory.pid}: torch is not imported in this process")
+            raise NoPythonError("torch is not imported in this process")
         self.module_addrs = modules
         self.torch_version = self._module_version("torch")
         if not self.torch_version:
