@@ -162,22 +162,9 @@ def torch_venv_path(base_version: str) -> Path:
 
 
 def _create_torch_venv(base: Path, venv: Path) -> None:
-    """python3.11 -m venv + pip install, built beside the final path and renamed into place.
-
-    A constraints file pins torch: any unpinned torch requirement would pull GBs of CUDA wheels.
-    """
-    tmp = venv.with_name(venv.name + ".tmp-%d" % os.getpid())
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    print("corpus: creating torch venv %s" % venv, flush=True)
-    subprocess.run([str(base), "-m", "venv", str(tmp)], check=True)
-    constraints = tmp / "constraints.txt"
-    constraints.write_text("".join(r + "\n" for r in TORCH_REQUIREMENTS))
-    pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--constraint", str(constraints)]
-    subprocess.run(pip + list(TORCH_REQUIREMENTS), check=True)
-    os.rename(tmp, venv)
-
-
+    """The torch venv: its requirements double as constraints, so torch stays pinned (an unpinned
+    torch requirement would pull GBs of CUDA wheels)."""
+    _create_venv(base, venv, TORCH_REQUIREMENTS, TORCH_REQUIREMENTS)
 
 def _zoo_interpreter(create: bool) -> Interpreter:
     base = _pyenv_python(TORCH_BASE)
@@ -205,7 +192,8 @@ def zoo_venv_path(base_version: str) -> Path:
 
 
 def _create_venv(base: Path, venv: Path, requirements: Tuple[str, ...], constraints: Tuple[str, ...]) -> None:
-    """Like _create_torch_venv, with a constraints file that pins every package, torch included."""
+    """``base -m venv`` + pip install under a constraints file, built beside the final path and
+    renamed into place (a half-built venv is never taken for a finished one)."""
     tmp = venv.with_name(venv.name + ".tmp-%d" % os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
