@@ -1,0 +1,234 @@
+"""The code that implements a set of classes: their methods and everything those reach, read on demand.
+
+The program representation of a model is not the whole process (tens of thousands of functions) but
+the code its layer classes run.  Starting from those classes, the walk reads each class's methods,
+their code objects and nested code, and follows every name a code object uses (``co_names``) through
+its function's globals -- and through the modules those globals hold, for ``common.C3`` -- to further
+functions and classes, recursively.
+
+The walk stays inside the *model packages*: the top-level packages that define the starting classes
+(plus any the caller adds).  Framework code (torch, the standard library) is where the walk stops:
+its classes are recorded by name but not entered, which keeps the result to the code that makes the
+model what it is.  Only the objects on the way are read, never the GC lists, so the cost is
+proportional to the model's own code.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from ..representation.program import ClassInfo, CodeObject, CodeRef, Function
+from .objects import DECODE_ERRORS
+from .recover import PythonProcess
+
+# Top-level packages never entered besides the standard library: the framework a model runs on.
+FRAMEWORK_PACKAGES = frozenset({"torch", "numpy", "builtins", "_frozen_importlib", "_frozen_importlib_external"})
+STDLIB_PACKAGES = frozenset(getattr(sys, "stdlib_module_names", ()))
+MAX_CODE_OBJECTS = 20000  # a runaway walk (a model package that is a whole framework) stops here, with a warning
+
+
+def top_package(module: Optional[str]) -> str:
+    return (module or "").split(".", 1)[0]
+
+
+def is_framework_module(module: Optional[str]) -> bool:
+    top = top_package(module)
+    return not top or top in FRAMEWORK_PACKAGES or top in STDLIB_PACKAGES or top.startswith("_")
+
+
+@dataclass
+class ReachedCode:
+    """What the walk read: classes, functions and code objects by address, and which function owns
+    which code (nested code is owned by the function whose code holds it)."""
+
+    classes: Dict[int, ClassInfo] = field(default_factory=dict)
+    framework_classes: Dict[int, ClassInfo] = field(default_factory=dict)
+    functions: Dict[int, Function] = field(default_factory=dict)
+    code_objects: Dict[int, CodeObject] = field(default_factory=dict)
+    code_owner: Dict[int, Tuple[int, Optional[int]]] = field(default_factory=dict)  # code -> (function, parent code)
+    packages: Set[str] = field(default_factory=set)
+    warnings: List[str] = field(default_factory=list)
+
+
+class CodeReach:
+    """Reads the code reachable from classes of one CPython process (see the module docstring)."""
+
+    def __init__(self, python: PythonProcess, extra_packages: Iterable[str] = ()):
+        self.py = python
+        self.o = python.objects
+        self.heap = python.heap
+        self._f_globals = python.layout.offset("PyFunctionObject", "func_globals")
+        self._dicts: Dict[int, Dict[str, int]] = {}
+        self._module_of: Optional[Dict[int, str]] = None
+        self.extra_packages = set(extra_packages)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _str_dict(self, address: int) -> Dict[str, int]:
+        table = self._dicts.get(address)
+        if table is None:
+            try:
+                table = self.o.str_dict(address)
+            except DECODE_ERRORS:
+                table = {}
+            self._dicts[address] = table
+        return table
+
+    def _module_namespace(self, module_obj: int) -> Dict[str, int]:
+        try:
+            return self._str_dict(self.o.u64(module_obj + self.o.off_md_dict))
+        except DECODE_ERRORS:
+            return {}
+
+    def _module_names(self) -> Dict[int, str]:
+        if self._module_of is None:
+            try:
+                self._module_of = {addr: name for name, addr in self.heap.modules().items()}
+            except DECODE_ERRORS:
+                self._module_of = {}
+        return self._module_of
+
+    def _classify(self, value: int) -> str:
+        """'function', 'class', 'module' or '' for a global's value."""
+        try:
+            type_addr = self.o.type_of(value)
+            kind = self.o.kind_of_type(type_addr)
+            if kind == "function":
+                return "function"
+            if kind == "module" or self.heap.mro_has(type_addr, "module"):
+                return "module"
+            if self.heap.is_type_object(type_addr) and self.o.kind_of_type(value) == "heap":
+                return "class"
+        except DECODE_ERRORS:
+            pass
+        return ""
+
+    # -- the walk ------------------------------------------------------------------------------------
+    def walk(self, class_addresses: Iterable[int]) -> ReachedCode:
+        out = ReachedCode()
+        pending_classes = list(class_addresses)
+        pending_functions: List[int] = []
+        # Model packages: where the starting classes live (framework ones excepted).
+        for addr in pending_classes:
+            info = self._read_class(addr, out, quiet=False)
+            if info is not None and not is_framework_module(info.module):
+                out.packages.add(top_package(info.module))
+        out.packages |= self.extra_packages
+
+        def inside(module: Optional[str]) -> bool:
+            return not is_framework_module(module) and top_package(module) in out.packages
+
+        seen_classes: Set[int] = set()
+        seen_functions: Set[int] = set()
+        while pending_classes or pending_functions:
+            if len(out.code_objects) > MAX_CODE_OBJECTS:
+                out.warnings.append(f"stopped after {MAX_CODE_OBJECTS} code objects: the model packages "
+                                    f"{sorted(out.packages)} reach more code than a model's")
+                break
+            if pending_classes:
+                addr = pending_classes.pop()
+                if addr in seen_classes:
+                    continue
+                seen_classes.add(addr)
+                info = self._read_class(addr, out, quiet=True)
+                if info is None:
+                    continue
+                if not inside(info.module):
+                    out.framework_classes[addr] = info
+                    continue
+                out.classes[addr] = info
+                pending_functions.extend(info.methods.values())
+                pending_classes.extend(b for b in info.mro[1:] if b not in seen_classes)
+                continue
+            faddr = pending_functions.pop()
+            if faddr in seen_functions:
+                continue
+            seen_functions.add(faddr)
+            func = self._read_function(faddr, out)
+            if func is None or not inside(func.module):
+                continue
+            out.functions[faddr] = func
+            globals_ = self._str_dict(self._globals_of(faddr))
+            for code in self._read_code_tree(func, out):
+                for kind, value in self._referenced(code, globals_, inside):
+                    (pending_functions if kind == "function" else pending_classes).append(value)
+        return out
+
+    def _read_class(self, addr: int, out: ReachedCode, quiet: bool) -> Optional[ClassInfo]:
+        """A heap type (a class defined in Python); static types (object, C extension types) hold no
+        code to walk.  ``quiet``: a base or a referenced class that cannot be read is expected where
+        C extensions build odd heap types; a layer's own class that cannot be read is not."""
+        info = out.classes.get(addr) or out.framework_classes.get(addr)
+        if info is not None:
+            return info
+        try:
+            if self.o.kind_of_type(addr) != "heap":
+                return None
+            return self.py.read_class(addr)
+        except DECODE_ERRORS as exc:
+            if not quiet:
+                out.warnings.append(f"class at 0x{addr:x} unreadable: {exc}")
+            return None
+
+    def _read_function(self, addr: int, out: ReachedCode) -> Optional[Function]:
+        try:
+            return self.py.read_function(addr)
+        except DECODE_ERRORS as exc:
+            out.warnings.append(f"function at 0x{addr:x} unreadable: {exc}")
+            return None
+
+    def _globals_of(self, faddr: int) -> int:
+        try:
+            return self.o.u64(faddr + self._f_globals)
+        except DECODE_ERRORS:
+            return 0
+
+    def _read_code_tree(self, func: Function, out: ReachedCode) -> List[CodeObject]:
+        """The function's code object and the code nested in its constants (comprehensions, lambdas,
+        inner functions, class bodies)."""
+        read: List[CodeObject] = []
+        pending: List[Tuple[int, Optional[int]]] = [(func.code, None)]
+        while pending:
+            addr, parent = pending.pop()
+            if addr in out.code_objects or not addr:
+                continue
+            try:
+                code = self.py.code_reader.read(addr)
+            except DECODE_ERRORS as exc:
+                out.warnings.append(f"code object at 0x{addr:x} ({func.module}.{func.qualname}) unreadable: {exc}")
+                continue
+            out.code_objects[addr] = code
+            out.code_owner[addr] = (func.address, parent)
+            read.append(code)
+            pending.extend((c.address, addr) for c in _code_refs(code.consts))
+        return read
+
+    def _referenced(self, code: CodeObject, globals_: Dict[str, int], inside) -> Iterable[Tuple[str, int]]:
+        """Functions and classes of the model packages that ``code`` names through its globals, or as
+        attributes of a model-package module it names (``common.C3``)."""
+        modules: List[Dict[str, int]] = []
+        for name in code.names:
+            value = globals_.get(name)
+            if not value:
+                continue
+            kind = self._classify(value)
+            if kind in ("function", "class"):
+                yield kind, value
+            elif kind == "module" and inside(self._module_names().get(value)):
+                modules.append(self._module_namespace(value))
+        for namespace in modules:
+            for name in code.names:
+                value = namespace.get(name)
+                if value:
+                    kind = self._classify(value)
+                    if kind in ("function", "class"):
+                        yield kind, value
+
+
+def _code_refs(consts) -> List[CodeRef]:
+    out = []
+    for c in consts:
+        if isinstance(c, CodeRef):
+            out.append(c)
+        elif isinstance(c, (tuple, frozenset)):
+            out.extend(_code_refs(c))
+    return out
