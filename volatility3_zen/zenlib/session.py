@@ -209,3 +209,64 @@ def dump_code_objects(program: Program, entries, open_file, sources: Optional[Di
             "source": stem + ".txt", "quickened_in_memory": e.code.quickened,
         })
     return index
+
+
+def model_fingerprints(context, config, roots=None, with_source: bool = False):
+    """(target, UR) for every model root of every selected process: the nn.Module roots of torch
+    processes (or the modules at ``roots``), and in processes without torch the plain-Python objects
+    at ``roots`` (a plain model has no tree to find its root by)."""
+    from .fingerprint import Fingerprinter
+    from .torch.model import TorchProcess
+
+    pids = config.get("pid") or None
+    roots = set(roots or ())
+    found = 0
+    for target, process in python_processes(context, config):
+        fingerprinter = Fingerprinter(process, with_source)
+        provenance = {"pid": target.pid, "process": target.name}
+        try:
+            torch_process = TorchProcess(process)
+        except NoPythonError as exc:
+            torch_process = None
+            if not roots:
+                if pids or target.source == "core":
+                    fail(f"PID {target.pid} ({target.name}): {exc}; a plain-Python model needs --root ADDRESS")
+                vollog.info("PID %d (%s): %s", target.pid, target.name, exc)
+                continue
+        except ZenError as exc:
+            if pids or target.source == "core":
+                fail(f"PID {target.pid} ({target.name}): {exc}")
+            vollog.warning("PID %d (%s): %s", target.pid, target.name, exc)
+            continue
+        if torch_process is not None:
+            provenance["torch"] = torch_process.torch_version
+            context_info = torch_process.execution_context()
+            for model in torch_process.models(read_bytes=False, addresses=roots or None):
+                if not roots and _trivial_root(model):
+                    continue
+                ur = fingerprinter.torch_model(model, dict(provenance, root=model.root_address,
+                                                           packages=context_info.packages))
+                found += 1
+                yield target, ur
+        else:
+            for root in sorted(roots):
+                try:
+                    ur = fingerprinter.plain_object(root, dict(provenance, root=root))
+                except DECODE_ERRORS as exc:
+                    if pids or target.source == "core":
+                        fail(f"PID {target.pid}: no readable object at --root 0x{root:x} ({exc})")
+                    continue
+                found += 1
+                yield target, ur
+        report_warnings(target, process.objects.warnings)
+        volglue.clear_volatility_caches()
+    if found == 0:
+        fail("no model found" + (" at the given --root address(es)" if roots else
+                                 ": no process has an nn.Module tree (for a plain-Python model pass --pid and --root)"))
+
+
+def _trivial_root(model) -> bool:
+    """A lone framework module (a loss function, an activation kept in a global) is not a model."""
+    from .cpython.reach import is_framework_module
+
+    return len(model.modules) == 1 and is_framework_module(model.modules[0].class_module)

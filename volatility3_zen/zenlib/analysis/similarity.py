@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import networkx
 import numpy
 import scipy.sparse
+import threadpoolctl
 from rapidfuzz import process
 from rapidfuzz.distance import Indel
 from scipy.optimize import linear_sum_assignment
@@ -133,7 +134,9 @@ def laplacian_spectrum(graph: networkx.Graph) -> numpy.ndarray:
         return numpy.zeros(0)
     nodes = sorted(graph.nodes)  # any fixed order: the spectrum does not depend on it, the rounding does
     matrix = networkx.normalized_laplacian_matrix(graph, nodelist=nodes).toarray()
-    return numpy.clip(numpy.linalg.eigvalsh(matrix), 0.0, 2.0)
+    # One BLAS thread: for matrices of a few hundred rows, OpenBLAS's threads cost ten times the work.
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return numpy.clip(numpy.linalg.eigvalsh(matrix), 0.0, 2.0)
 
 
 def spectrum_histogram(mr: MathematicalRepresentation) -> Optional[numpy.ndarray]:

@@ -1,0 +1,106 @@
+"""linux.zen.attribute: which open-source base model each recovered model was derived from.
+
+Every model root becomes a unified representation (UR = MR, PR, phi) and is scored against every
+fingerprint of the base model library (docs/attribution.md).  ``--bml-add NAME`` instead stores the
+model's UR as a new base fingerprint.
+"""
+
+import json
+import logging
+import os
+from typing import Iterator, List, Tuple
+
+from volatility3.framework import interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+
+from volatility3_zen.zenlib import bml, session
+from volatility3_zen.zenlib.analysis import attribution
+
+vollog = logging.getLogger(__name__)
+
+
+def _score(value):
+    return renderers.NotApplicableValue() if value is None else round(float(value), 6)
+
+
+class Attribute(interfaces.plugins.PluginInterface):
+    """Attributes every model of the image to the base models of a library (or adds one to it)."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return session.common_requirements() + [
+            requirements.ListRequirement(name="root", element_type=int, optional=True,
+                                         description="Only the models rooted at these addresses (nn.Modules, or any object of a plain-Python model; with --pid)"),
+            requirements.StringRequirement(name="bml", optional=True, description="Base model library directory (default: the bundled bml/)"),
+            requirements.StringRequirement(name="bml-add", optional=True,
+                                           description="Store the model's fingerprint in the library under this name instead of attributing it (needs exactly one model; use --pid/--root)"),
+            requirements.StringRequirement(name="bml-source", optional=True,
+                                           description="With --bml-add: what the base was deployed from, recorded in the fingerprint (e.g. 'yolov5==7.0.14, yolov5s.yaml')"),
+            requirements.BooleanRequirement(name="replace", default=False, optional=True, description="With --bml-add: replace an existing fingerprint"),
+            requirements.BooleanRequirement(name="dump", default=False, optional=True,
+                                            description="Write each model's UR (<pid>-<root>.ur.json) and attribution (<pid>-<root>.attribution.json)"),
+            requirements.BooleanRequirement(name="source", default=False, optional=True,
+                                            description="Put decompiled source in the URs where a decompiler supports the version (slower)"),
+        ]
+
+    def _fingerprints(self):
+        return session.model_fingerprints(self.context, self.config, self.config.get("root"), bool(self.config.get("source")))
+
+    def _add(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
+        name = self.config["bml-add"]
+        found = list(self._fingerprints())
+        if len(found) != 1:
+            described = ", ".join(f"PID {t.pid} root 0x{u.provenance.get('root', 0):x} ({u.provenance.get('root_class')})" for t, u in found)
+            session.fail(f"--bml-add needs exactly one model, the image has {len(found)}: {described}; choose one with --pid and --root")
+        target, ur = found[0]
+        ur.provenance["image"] = os.path.basename(self.context.config.get("automagic.LayerStacker.single_location", ""))
+        if self.config.get("bml-source"):
+            ur.provenance["source"] = self.config["bml-source"]
+        try:
+            path = library.add(name, ur, replace=bool(self.config.get("replace")))
+        except bml.LibraryError as exc:
+            session.fail(str(exc))
+        yield 0, (name, target.pid, format_hints.Hex(ur.provenance.get("root", 0)), ur.provenance.get("root_class", ""),
+                  len(ur.mr.layers) if ur.mr else 0, len(ur.pr.code), len(ur.pr.classes), str(path))
+
+    def _attribute(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
+        try:
+            bases = library.all()
+        except bml.LibraryError as exc:
+            session.fail(str(exc))
+        for target, ur in self._fingerprints():
+            root = ur.provenance.get("root", 0)
+            result = attribution.attribute(ur, bases)
+            for note in result.notes:
+                vollog.info("PID %d root 0x%x: %s", target.pid, root, note)
+            if self.config.get("dump"):
+                stem = f"pid{target.pid}-{root:x}"
+                self._write(f"{stem}.ur.json", ur.dumps())
+                self._write(f"{stem}.attribution.json", json.dumps(attribution.to_json(result), indent=1, sort_keys=True))
+            for score in result.scores:
+                winner = score.base == result.winner
+                yield 0, (target.pid, target.name, format_hints.Hex(root), ur.provenance.get("root_class", ""),
+                          score.base, _score(score.mr), _score(score.pr), _score(score.ur), score.rank, score.candidate,
+                          score.exact_matches, winner, round(result.margin, 6),
+                          len(result.omega) if winner else renderers.NotApplicableValue(),
+                          len(result.delta) if winner else renderers.NotApplicableValue(),
+                          len(result.removed) if winner else renderers.NotApplicableValue())
+
+    def _write(self, name: str, text: str) -> None:
+        with self.open(name) as handle:
+            handle.write(text.encode())
+
+    def run(self) -> renderers.TreeGrid:
+        library = bml.BaseModelLibrary(self.config.get("bml"))
+        if self.config.get("bml-add"):
+            columns = [("Name", str), ("PID", int), ("Root", format_hints.Hex), ("RootClass", str), ("Layers", int),
+                       ("CodeObjects", int), ("Classes", int), ("Path", str)]
+            return renderers.TreeGrid(columns, self._add(library))
+        columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("RootClass", str), ("Base", str),
+                   ("MR", float), ("PR", float), ("UR", float), ("Rank", int), ("Candidate", bool), ("ExactMatches", int),
+                   ("Winner", bool), ("Margin", float), ("Matched", int), ("Added", int), ("Removed", int)]
+        return renderers.TreeGrid(columns, self._attribute(library))
