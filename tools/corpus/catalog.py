@@ -18,7 +18,7 @@ PLAIN_VERSIONS = ("3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 @dataclass(frozen=True)
 class Process:
     script: str  # file name under tools/corpus/deploy/
-    interpreter: str  # "3.6".."3.13" (pyenv), "debian-3.11", "stripped-3.11", "torch-3.11" or "torch-zoo-3.11" (interpreters.py)
+    interpreter: str  # "3.6".."3.13" (pyenv), "debian-3.11", "stripped-3.11", "torch-3.11", "torch-zoo-3.11" or "torch-family-3.11" (interpreters.py)
     args: Tuple[str, ...] = ()
 
 
@@ -86,6 +86,8 @@ def _entries():
     )
 
     yield from _zoo_entries()
+    yield from _micrograd_entries()
+    yield from _family_entries()
 
 
 # model_zoo.py --model NAME -> (deployment name, description, guest MiB).  The guest memory is measured
@@ -108,6 +110,128 @@ def _zoo_entries():
         )
 
 
+# Plain-Python models (no torch): micrograd_model.py --model ROLE under the "micrograd-3.X" venv
+# (pyenv CPython 3.X + micrograd==0.1.0).  The base is built under two CPython versions, the derivative
+# under one, so a fingerprint taken from one version can be matched in an image of another.
+# name -> (family, role, class of the model root); the ground truth's plain_models section says the same.
+MICROGRAD_MODELS: Dict[str, Tuple[str, str, str]] = {
+    "micrograd-base-3.11": ("micrograd", "base", "micrograd.nn.MLP"),
+    "micrograd-base-3.12": ("micrograd", "base", "micrograd.nn.MLP"),
+    "micrograd-derivative-3.12": ("micrograd", "derivative", "derived.micro.nn.MLPWithNorm"),
+}
+# name -> (CPython minor version, kinds)
+_MICROGRAD_BUILDS = {
+    "micrograd-base-3.11": ("3.11", ("lime", "core")),
+    "micrograd-base-3.12": ("3.12", ("core", "lime")),
+    "micrograd-derivative-3.12": ("3.12", ("core", "lime")),
+}
+
+
+def _micrograd_entries():
+    for name, (family, role, root_class) in MICROGRAD_MODELS.items():
+        minor, kinds = _MICROGRAD_BUILDS[name]
+        yield Deployment(
+            name,
+            "micrograd_model.py --model %s: %s, a pure-Python %s model, under CPython %s"
+            % (role, root_class, family, minor),
+            (Process("micrograd_model.py", "micrograd-" + minor, ("--model", role)),),
+            kinds,
+        )
+
+
+# The model families of the evaluation corpus: families.py --model MODEL under the "torch-family-3.11"
+# venv, one process each.  Rows: (model, deployment name, description, guest MiB, kinds, base, role):
+# ``base`` is the model name of the family's base (a base names itself), ``role`` is "base",
+# "derivative" or "obfuscated".  Guest memory: the host's peak RSS (VmHWM) plus about 300 MiB, the
+# margin the zoo's 768 MiB guests left (docs/corpus.md).
+_BASE_KINDS = ("lime", "core")
+_DERIVATIVE_KINDS = ("core", "lime")
+FAMILY_BASES = (
+    ("yolov5-base", "yolov5-base-3.11", "yolov5 7.0.14 yolov5s (models.yolo.DetectionModel), 1x3x64x64", 1024,
+     _BASE_KINDS, "yolov5-base", "base"),
+    ("yolov7-base", "yolov7-base-3.11", "sas-yolov7 1.0.7 yolov7 (cfg/training/yolov7.yaml), 1x3x64x64", 1280,
+     _BASE_KINDS, "yolov7-base", "base"),
+    ("yolov8-base", "yolov8-base-3.11", "ultralytics YOLO('yolov8n.yaml').model, 1x3x64x64", 768,
+     _BASE_KINDS, "yolov8-base", "base"),
+    ("resnet-base", "resnet-base-3.11", "timm resnet18, 10 classes, 1x3x32x32", 768,
+     _BASE_KINDS, "resnet-base", "base"),
+    ("mobilenetv2-base", "mobilenetv2-base-3.11", "timm mobilenetv2_100, 10 classes, 1x3x32x32", 768,
+     _BASE_KINDS, "mobilenetv2-base", "base"),
+    ("nanogpt-base", "nanogpt-base-3.11", "nano-gpt 0.1.0 GPT, 2 layers, 2 heads, n_embd 64, vocab 256", 896,
+     _BASE_KINDS, "nanogpt-base", "base"),
+    ("llama2-base", "llama2-base-3.11",
+     "llama-models 0.3.0 reference Transformer (fairscale layers), Llama 2 args, dim 64, 2 layers, vocab 256", 640,
+     _BASE_KINDS, "llama2-base", "base"),
+)
+YOLO_DERIVATIVES = (
+    ("yolov5-distill", "yolov5-distill-3.11",
+     "derived.yolo.distill.Distiller: yolov5n student, frozen yolov5s teacher, feature adapters", 1024,
+     _DERIVATIVE_KINDS, "yolov5-base", "derivative"),
+    ("yolov5-involution", "yolov5-involution-3.11", "yolov5s with every C3 replaced by C3Inv (involution Inv2d)", 1024,
+     _DERIVATIVE_KINDS, "yolov5-base", "derivative"),
+    ("yolov7-c3", "yolov7-c3-3.11", "yolov7 with yolov5's C3 in place of the head's 3 ELAN-H output convs", 1280,
+     _DERIVATIVE_KINDS, "yolov7-base", "derivative"),
+    ("yolov7-cbam", "yolov7-cbam-3.11", "yolov7 with own CBAM blocks after the 3 backbone outputs", 1280,
+     _DERIVATIVE_KINDS, "yolov7-base", "derivative"),
+    ("yolov8-spdconv", "yolov8-spdconv-3.11", "yolov8n with spdconv's SPDConv in place of the strided convs", 768,
+     _DERIVATIVE_KINDS, "yolov8-base", "derivative"),
+    ("yolov8-ghost", "yolov8-ghost-3.11", "yolov8n with a Ghost neck (GhostConv, own GhostC2f)", 768,
+     _DERIVATIVE_KINDS, "yolov8-base", "derivative"),
+)
+# ---- OTHER_DERIVATIVES: the derivatives of the ResNet, MobileNetV2, nanoGPT and Llama 2 bases
+# (family_others.py, derived/others/).  Same row shape as above.  Owned by the family_others author.
+OTHER_DERIVATIVES: Tuple[tuple, ...] = (
+    ("resnet-ghost", "resnet-ghost-3.11",
+     "timm resnet18 with own GhostModule in place of the BasicBlocks' 3x3 convs (derived.others.resnet_ghost)", 768,
+     _DERIVATIVE_KINDS, "resnet-base", "derivative"),
+    ("resnet-se", "resnet-se-3.11",
+     "timm resnet18 with own SEBlock in every BasicBlock's se slot (derived.others.resnet_se)", 768,
+     _DERIVATIVE_KINDS, "resnet-base", "derivative"),
+    ("resnet-ghost-obf", "resnet-ghost-obf-3.11",
+     "resnet-ghost with every own identifier renamed by tools/corpus/obfuscate.py (derived.others.o0x_net)", 768,
+     _DERIVATIVE_KINDS, "resnet-base", "obfuscated"),
+    ("mobilenetv2-ghost", "mobilenetv2-ghost-3.11",
+     "timm mobilenetv2_100 with own GhostPointwise in place of its 1x1 convs (derived.others.mobilenetv2_ghost)", 768,
+     _DERIVATIVE_KINDS, "mobilenetv2-base", "derivative"),
+    ("mobilenetv2-v3", "mobilenetv2-v3-3.11",
+     "timm mobilenetv3_small_100, 10 classes: the family's newer version (derived.others.mobilenet_v3)", 768,
+     _DERIVATIVE_KINDS, "mobilenetv2-base", "derivative"),
+    ("nanogpt-lora", "nanogpt-lora-3.11",
+     "nano-gpt GPT with loralib.Linear (r=4) in attention and MLP (derived.others.nanogpt_lora)", 896,
+     _DERIVATIVE_KINDS, "nanogpt-base", "derivative"),
+    ("nanogpt-rwkv", "nanogpt-rwkv-3.11",
+     "nano-gpt GPT with own RWKVTimeMix in place of attention (derived.others.nanogpt_rwkv)", 896,
+     _DERIVATIVE_KINDS, "nanogpt-base", "derivative"),
+    ("llama2-torchonly", "llama2-torchonly-3.11",
+     "llama-models' reference Transformer copied with torch.nn instead of fairscale (derived.others.llama2_torchonly)",
+     640, _DERIVATIVE_KINDS, "llama2-base", "derivative"),
+    ("llama2-llama3args", "llama2-llama3args-3.11",
+     "llama-models' reference Transformer with Llama 3.1-style args: GQA, rope_theta 500000, scaled RoPE", 640,
+     _DERIVATIVE_KINDS, "llama2-base", "derivative"),
+)
+# ---- end of OTHER_DERIVATIVES
+FAMILY_MODELS = FAMILY_BASES + YOLO_DERIVATIVES + OTHER_DERIVATIVES
+FAMILY_ROLES = ("base", "derivative", "obfuscated")
+
+
+def family_models() -> Dict[str, Tuple[str, str]]:
+    """Deployment name -> (the model name of its family's base, role) for every family deployment."""
+    return {name: (base, role) for _, name, _, _, _, base, role in FAMILY_MODELS}
+
+
+def _family_entries():
+    for model, name, description, memory, kinds, base, role in FAMILY_MODELS:
+        if role not in FAMILY_ROLES:
+            raise BuildError("%s: unknown role %r" % (name, role))
+        yield Deployment(
+            name,
+            "families.py: %s (%s)" % (description, role if role == "base" else "%s of %s" % (role, base)),
+            (Process("families.py", "torch-family-3.11", ("--model", model)),),
+            kinds,
+            guest_memory_mib=memory,
+        )
+
+
 CATALOGUE: Dict[str, Deployment] = {d.name: d for d in _entries()}
 
 
@@ -115,3 +239,36 @@ def get(name: str) -> Deployment:
     if name not in CATALOGUE:
         raise BuildError("unknown deployment %r; `python -m tools.corpus list` shows the catalogue" % name)
     return CATALOGUE[name]
+
+
+# The shipped base model library (bml/, built by tools/build_bml.py): library name -> (the deployment
+# whose image the fingerprint is taken from, the exact package and version the base comes from).
+BML_SOURCES: Dict[str, Tuple[str, str]] = {
+    "yolov5": ("yolov5-base-3.11", "yolov5==7.0.14 (models/yolov5s.yaml)"),
+    "yolov7": ("yolov7-base-3.11", "sas-yolov7==1.0.7 (cfg/training/yolov7.yaml)"),
+    "yolov8": ("yolov8-base-3.11", "ultralytics==8.4.190 (yolov8n.yaml)"),
+    "resnet": ("resnet-base-3.11", "timm==1.0.31 (resnet18, 10 classes)"),
+    "mobilenetv2": ("mobilenetv2-base-3.11", "timm==1.0.31 (mobilenetv2_100, 10 classes)"),
+    "nanogpt": ("nanogpt-base-3.11", "nano-gpt==0.1.0 (GPT)"),
+    "llama2": ("llama2-base-3.11", "llama-models==0.3.0 + fairscale==0.4.13 (reference Transformer, Llama 2 args)"),
+    "micrograd": ("micrograd-base-3.11", "micrograd==0.1.0 (MLP(3, [8, 8, 1]))"),
+}
+
+
+def base_deployments() -> Dict[str, str]:
+    return {name: deployment for name, (deployment, _) in BML_SOURCES.items()}
+
+
+def base_source(name: str) -> str:
+    return BML_SOURCES[name][1]
+
+
+def expected_attributions() -> Dict[str, Tuple[str, str]]:
+    """Deployment -> (library name of the base it must be attributed to, role) for every corpus model."""
+    library_name = {deployment: name for name, (deployment, _) in BML_SOURCES.items()}
+    out = {}
+    for deployment, (base_model, role) in family_models().items():
+        out[deployment] = (library_name[base_model + "-3.11"], role)
+    for deployment, (family, role, _) in MICROGRAD_MODELS.items():
+        out[deployment] = (family, role)
+    return out

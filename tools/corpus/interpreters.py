@@ -6,6 +6,11 @@ Identifiers used by the catalogue:
 - "torch-3.11": a venv of pyenv's 3.11 with torch and numpy, created once in the cache;
 - "torch-zoo-3.11": a second venv of pyenv's 3.11 with torch and third-party model packages (timm,
   ultralytics, transformers, torchvision), every package pinned, created once in the cache;
+- "torch-family-3.11": a third venv of pyenv's 3.11: the zoo's packages plus the code of the model
+  families (yolov5, sas-yolov7, nano-gpt, llama-models + fairscale, loralib, involution-pytorch,
+  spdconv), every package pinned, created once in the cache;
+- "micrograd-3.11" (any "micrograd-3.X", 3.10-3.13 used): a venv of pyenv's 3.X with the pure-Python
+  micrograd==0.1.0 (no torch), created once in the cache;
 - "stripped-3.11" (any "stripped-3.X"): pyenv's python3.X and libpython, copied into the cache and
   ``strip --strip-all``-ed (no .symtab, no DWARF; .dynsym, section headers and the build ID stay), run
   with LD_LIBRARY_PATH on the copy and PYTHONHOME on the pyenv prefix (for the standard library).
@@ -62,6 +67,51 @@ ZOO_CONSTRAINTS = ZOO_REQUIREMENTS + (
 ZOO_SUPPORT_FILES = ("_torchvision_fix.py",)
 DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 
+FAMILY_IDENT = "torch-family-" + TORCH_BASE
+# What deploy/families.py imports: the zoo's packages, and what the family packages import (they are
+# installed without their dependencies, whose declared pins are old or pull in training tools).
+# setuptools<81: yolov5 imports pkg_resources.  datasets and tiktoken: nano-gpt imports them.
+FAMILY_REQUIREMENTS = ZOO_REQUIREMENTS + (
+    "pandas==3.1.1",
+    "scipy==1.17.1",
+    "seaborn==0.13.2",
+    "gitpython==3.2.1",
+    "setuptools==80.10.2",
+    "datasets==5.2.0",
+    "tiktoken==0.14.0",
+)
+# Installed afterwards with --no-deps --no-build-isolation (fairscale is an sdist only; it builds with
+# the venv's setuptools).  Their own requirements (old huggingface-hub, tensorboard, sahi, ...) would
+# pull in other versions of what the zoo pins.
+FAMILY_NO_DEPS = (
+    "yolov5==7.0.14",
+    "sas-yolov7==1.0.7",
+    "nano-gpt==0.1.0",
+    "llama-models==0.3.0",
+    "fairscale==0.4.13",
+    "loralib==0.1.2",
+    "involution-pytorch==0.0.2.2",
+    "spdconv==0.1.0",
+)
+# Every package of the measured venv (its pip freeze, which leaves out setuptools): the zoo's pins, but
+# setuptools older, and what the packages above pull in.
+FAMILY_CONSTRAINTS = (
+    FAMILY_REQUIREMENTS
+    + FAMILY_NO_DEPS
+    + tuple(pin for pin in ZOO_CONSTRAINTS[len(ZOO_REQUIREMENTS):] if not pin.startswith("setuptools=="))
+    + ("dill==0.4.1", "gitdb==4.0.12", "multiprocess==0.70.19", "pyarrow==26.0.1", "smmap==5.0.3", "xxhash==4.1.0")
+)
+# deploy/ modules the family scripts import (relative to deploy/): hashed into the interpreter's
+# identity, so editing any of them rebuilds the family images.
+FAMILY_SUPPORT_GLOBS = (
+    "_torchvision_fix.py",
+    "model_zoo.py",
+    "family_*.py",
+    "derived/__init__.py",
+    "derived/yolo/**/*.py",
+    "derived/others/**/*.py",
+)
+
 
 @dataclass(frozen=True)
 class Interpreter:
@@ -86,7 +136,10 @@ class Interpreter:
         if self.constraints:  # only the zoo venv has these: the torch venv's keys stay as they were
             identity["constraints"] = list(self.constraints)
         if self.support_files:
-            identity["support_files"] = {p.name: cache.file_sha256(p) for p in self.support_files}
+            # keyed by the path under deploy/ (a top-level file's key is its name, as it always was)
+            identity["support_files"] = {
+                p.relative_to(DEPLOY_DIR).as_posix(): cache.file_sha256(p) for p in self.support_files
+            }
         if self.made_from:  # only stripped interpreters have these: other keys stay as they were
             identity["made_from"] = dict(self.made_from)
             identity["env"] = sorted(name for name, _ in self.env)
@@ -130,6 +183,10 @@ def resolve(ident: str, create: bool = True) -> Interpreter:
         return _torch_interpreter(create)
     if ident == ZOO_IDENT:
         return _zoo_interpreter(create)
+    if ident == FAMILY_IDENT:
+        return _family_interpreter(create)
+    if re.fullmatch(MICROGRAD_PREFIX + r"3\.\d+", ident):
+        return _micrograd_interpreter(ident[len(MICROGRAD_PREFIX):], create)
     if re.fullmatch(STRIPPED_PREFIX + r"3\.\d+", ident):
         return _stripped_interpreter(ident[len(STRIPPED_PREFIX):], create)
     if re.fullmatch(r"3\.\d+", ident):
@@ -191,9 +248,50 @@ def zoo_venv_path(base_version: str) -> Path:
     return cache.root() / "venvs" / ("%s-%s" % (ZOO_IDENT, key[:12]))
 
 
-def _create_venv(base: Path, venv: Path, requirements: Tuple[str, ...], constraints: Tuple[str, ...]) -> None:
+def _family_interpreter(create: bool) -> Interpreter:
+    base = _pyenv_python(TORCH_BASE)
+    version = _sys_version(base)
+    venv = family_venv_path(version)
+    if create and not venv.exists():
+        with cache.locked(venv):
+            if not venv.exists():
+                _create_venv(base, venv, FAMILY_REQUIREMENTS, FAMILY_CONSTRAINTS, no_deps=FAMILY_NO_DEPS)
+    return Interpreter(
+        FAMILY_IDENT,
+        venv / "bin" / base.name,
+        version,
+        (),
+        torch=True,
+        requirements=FAMILY_REQUIREMENTS + FAMILY_NO_DEPS,
+        constraints=FAMILY_CONSTRAINTS,
+        support_files=family_support_files(),
+    )
+
+
+def family_support_files() -> Tuple[Path, ...]:
+    found = set()
+    for pattern in FAMILY_SUPPORT_GLOBS:
+        found.update(p for p in DEPLOY_DIR.glob(pattern) if p.is_file() and "__pycache__" not in p.parts)
+    return tuple(sorted(found))
+
+
+def family_venv_path(base_version: str) -> Path:
+    key = cache.digest(
+        {"base": base_version, "requirements": FAMILY_REQUIREMENTS, "no_deps": FAMILY_NO_DEPS, "constraints": FAMILY_CONSTRAINTS}
+    )
+    return cache.root() / "venvs" / ("%s-%s" % (FAMILY_IDENT, key[:12]))
+
+
+def _create_venv(
+    base: Path,
+    venv: Path,
+    requirements: Tuple[str, ...],
+    constraints: Tuple[str, ...],
+    no_deps: Tuple[str, ...] = (),
+) -> None:
     """``base -m venv`` + pip install under a constraints file, built beside the final path and
-    renamed into place (a half-built venv is never taken for a finished one)."""
+    renamed into place (a half-built venv is never taken for a finished one).  ``no_deps`` are
+    installed afterwards with ``--no-deps --no-build-isolation`` (under the same constraints)."""
     tmp = venv.with_name(venv.name + ".tmp-%d" % os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +301,8 @@ def _create_venv(base: Path, venv: Path, requirements: Tuple[str, ...], constrai
     constraints_file.write_text("".join(r + "\n" for r in constraints))
     pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--constraint", str(constraints_file)]
     subprocess.run(pip + list(requirements), check=True)
+    if no_deps:
+        subprocess.run(pip + ["--no-deps", "--no-build-isolation"] + list(no_deps), check=True)
     os.rename(tmp, venv)
 
 
@@ -275,3 +375,34 @@ def _create_stripped(base: Path, lib: Path, directory: Path, env: dict, version:
     if out[:-1] != version.splitlines() or Path(out[-1]) != tmp / "lib" / lib.name:
         raise InterpreterMissing("stripped %s does not run as expected: %r" % (base, out))
     os.rename(tmp, directory)
+
+
+# -- micrograd venvs: a pure-Python model library under any pyenv CPython 3.X -------------------
+
+MICROGRAD_PREFIX = "micrograd-"
+MICROGRAD_REQUIREMENTS = ("micrograd==0.1.0",)  # no dependencies: the requirement is the whole pin set
+# The derivative's package, imported by deploy/micrograd_model.py --model derivative.
+MICROGRAD_SUPPORT_FILES = ("derived/__init__.py", "derived/micro/__init__.py", "derived/micro/nn.py")
+
+
+def _micrograd_interpreter(minor: str, create: bool) -> Interpreter:
+    base = _pyenv_python(minor)
+    version = _sys_version(base)
+    venv = micrograd_venv_path(minor, version)
+    if create and not venv.exists():
+        with cache.locked(venv):
+            if not venv.exists():
+                _create_venv(base, venv, MICROGRAD_REQUIREMENTS, MICROGRAD_REQUIREMENTS)
+    return Interpreter(
+        MICROGRAD_PREFIX + minor,
+        venv / "bin" / base.name,
+        version,
+        (),
+        requirements=MICROGRAD_REQUIREMENTS,
+        support_files=tuple(DEPLOY_DIR / name for name in MICROGRAD_SUPPORT_FILES),
+    )
+
+
+def micrograd_venv_path(minor: str, base_version: str) -> Path:
+    key = cache.digest({"base": base_version, "requirements": MICROGRAD_REQUIREMENTS})[:12]
+    return cache.root() / "venvs" / ("%s%s-%s" % (MICROGRAD_PREFIX, minor, key))
