@@ -1,0 +1,148 @@
+"""linux.zen.attribute on the evaluation corpus: every model attributed to its family's base by the
+shipped base model library (bml/), the library reproduced from its images, and the error paths.
+
+The corpus models are attributed from their cores (the shipped fingerprints come from LiME images, so a
+base scoring 1.0 also shows that both acquisitions give the same UR); benchmarks/bench_attribution.py
+runs the same on the LiME images and prints the matrix.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import zen_testlib
+from tools.corpus import catalog, load_ground_truth
+from volatility3_zen.zenlib import bml, session
+from volatility3_zen.zenlib.analysis import attribution
+from volatility3_zen.zenlib.representation.unified import UnifiedRepresentation
+
+EXPECTED = catalog.expected_attributions()
+LIBRARY = bml.BaseModelLibrary(Path(__file__).resolve().parent.parent / "bml")
+
+
+def _model_root(image):
+    for pid, path in sorted(image.ground_truth.items()):
+        truth = load_ground_truth(path)
+        models = truth.get("models") or truth.get("plain_models") or []
+        if models:
+            return pid, models[0]["root_addr"], models[0]["class"]
+    raise AssertionError(f"{image.name}: no model in the ground truth")
+
+
+def _fingerprint(path, pid, root):
+    plugin = zen_testlib.construct(str(path), "linux.zen.attribute.Attribute", pid=[pid], root=[root])
+    (found,) = [ur for _, ur in session.model_fingerprints(plugin.context, plugin.config, [root])]
+    return found
+
+
+def _without_addresses(document):
+    """A UR's JSON without what differs between two acquisitions of the same deployment."""
+    if isinstance(document, dict):
+        return {k: _without_addresses(v) for k, v in document.items() if k not in ("address", "provenance")}
+    if isinstance(document, list):
+        return [_without_addresses(v) for v in document]
+    return document
+
+
+def test_the_shipped_library_holds_every_base_with_its_source():
+    assert set(LIBRARY.names()) == set(catalog.BML_SOURCES)
+    for name in LIBRARY.names():
+        ur = LIBRARY.load(name)
+        assert ur.name == name
+        assert ur.provenance["source"].startswith(catalog.base_source(name))
+        assert catalog.BML_SOURCES[name][0] in ur.provenance["source"]
+        assert ur.pr.code, name
+
+
+@pytest.mark.image
+@pytest.mark.parametrize("deployment", sorted(EXPECTED))
+def test_corpus_model_is_attributed_to_its_base(deployment, corpus):
+    base, role = EXPECTED[deployment]
+    image = corpus(deployment, "core")
+    pid, root, root_class = _model_root(image)
+    ur = _fingerprint(image.cores[pid], pid, root)
+    assert ur.provenance["root_class"] == root_class
+    result = attribution.attribute(ur, LIBRARY.all())
+    scores = {s.base: s for s in result.scores}
+    assert result.winner == base, [(s.base, round(s.ur, 4)) for s in result.scores]
+    assert result.margin > 0.05
+    library_version = LIBRARY.load(base).python_version
+    if role == "base" and ur.python_version == library_version:
+        assert scores[base].ur == 1.0 and scores[base].pr == 1.0
+        assert scores[base].mr in (1.0, None)
+        assert not result.delta and not result.removed
+    else:
+        assert scores[base].ur < 1.0
+    if role in ("derivative", "obfuscated") and ur.python_version == library_version:
+        assert result.delta, "a derivative adds or changes code"
+
+
+@pytest.mark.image
+def test_plugin_rows_and_json_report(corpus, tmp_path):
+    image = corpus("yolov8-spdconv-3.11", "core")
+    pid, root, root_class = _model_root(image)
+    result = zen_testlib.run_vol(["-o", str(tmp_path), "-r", "json", "-f", str(image.cores[pid]),
+                                  "linux.zen.attribute", "--root", str(root), "--dump"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)
+    assert {r["Base"] for r in rows} == set(LIBRARY.names())
+    assert all(r["Root"] == root and r["RootClass"] == root_class for r in rows)
+    (winner,) = [r for r in rows if r["Winner"]]
+    assert winner["Base"] == "yolov8" and winner["Rank"] == 1 and winner["Margin"] > 0.05
+    assert winner["Added"] > 0 and winner["Matched"] > 0
+    assert sorted(r["Rank"] for r in rows) == list(range(1, len(rows) + 1))
+    stem = f"pid{pid}-{root:x}"
+    ur = UnifiedRepresentation.loads((tmp_path / f"{stem}.ur.json").read_text())
+    report = json.loads((tmp_path / f"{stem}.attribution.json").read_text())
+    assert ur.provenance["root"] == root
+    assert report["winner"] == "yolov8"
+
+
+@pytest.mark.image
+def test_adding_a_base_is_one_command_and_it_then_scores_one(corpus, tmp_path):
+    image = corpus("micrograd-base-3.11", "core")
+    pid, root, _ = _model_root(image)
+    library = tmp_path / "bml"
+    add = zen_testlib.run_vol(["-f", str(image.cores[pid]), "linux.zen.attribute", "--pid", str(pid), "--root", str(root),
+                               "--bml", str(library), "--bml-add", "my-micrograd", "--bml-source", "micrograd==0.1.0"])
+    assert add.returncode == 0, add.stderr[-2000:]
+    assert "my-micrograd" in add.stdout
+    stored = bml.BaseModelLibrary(library).load("my-micrograd")
+    assert stored.provenance["source"] == "micrograd==0.1.0" and stored.mr is None
+    again = zen_testlib.run_vol(["-f", str(image.cores[pid]), "linux.zen.attribute", "--bml", str(library),
+                                 "--bml-add", "my-micrograd", "--root", str(root)])
+    assert again.returncode == 1 and "exists" in again.stderr
+    attributed = zen_testlib.run_vol(["-r", "json", "-f", str(image.cores[pid]), "linux.zen.attribute", "--bml", str(library),
+                                      "--root", str(root)])
+    assert attributed.returncode == 0, attributed.stderr[-2000:]
+    (row,) = json.loads(attributed.stdout)
+    assert row["Base"] == "my-micrograd" and row["UR"] == 1.0 and row["Winner"]
+
+
+@pytest.mark.image
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet", "micrograd"])
+def test_shipped_fingerprint_is_reproduced_from_a_fresh_lime_image(name, corpus):
+    deployment = catalog.BML_SOURCES[name][0]
+    image = corpus(deployment, "lime")
+    pid, root, _ = _model_root(image)
+    fresh = _fingerprint(image.image, pid, root)
+    shipped = LIBRARY.load(name)
+    assert _without_addresses(fresh.to_json()) == _without_addresses(shipped.to_json())
+
+
+@pytest.mark.image
+def test_errors_are_one_line(corpus, tmp_path):
+    image = corpus("micrograd-base-3.11", "core")
+    pid, root, _ = _model_root(image)
+    core = str(image.cores[pid])
+    cases = [
+        (["linux.zen.attribute", "--bml", str(tmp_path)], "holds no fingerprints"),
+        (["linux.zen.attribute"], "needs --root"),
+        (["linux.zen.attribute", "--root", str(root), "--bml", str(tmp_path / "new"), "--bml-add", "bad name!"], "use letters"),
+    ]
+    for args, message in cases:
+        result = zen_testlib.run_vol(["-f", core] + args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
