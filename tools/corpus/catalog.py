@@ -18,7 +18,9 @@ PLAIN_VERSIONS = ("3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 @dataclass(frozen=True)
 class Process:
     script: str  # file name under tools/corpus/deploy/
-    interpreter: str  # "3.6".."3.13" (pyenv), "debian-3.11", "stripped-3.11", "torch-3.11", "torch-zoo-3.11" or "torch-family-3.11" (interpreters.py)
+    # "3.6".."3.13" (pyenv), "debian-3.11", "stripped-3.11", "torch-3.11", "torch-zoo-3.11",
+    # "torch-family-3.11" or "micrograd-3.X" (interpreters.py)
+    interpreter: str
     args: Tuple[str, ...] = ()
 
 
@@ -142,8 +144,9 @@ def _micrograd_entries():
 # The model families of the evaluation corpus: families.py --model MODEL under the "torch-family-3.11"
 # venv, one process each.  Rows: (model, deployment name, description, guest MiB, kinds, base, role):
 # ``base`` is the model name of the family's base (a base names itself), ``role`` is "base",
-# "derivative" or "obfuscated".  Guest memory: the host's peak RSS (VmHWM) plus about 300 MiB, the
-# margin the zoo's 768 MiB guests left (docs/corpus.md).
+# "derivative" or "obfuscated".  Guest memory: sized from the peak RSS (VmHWM, the same on the host and
+# in the guest) so that 200-460 MiB stay available in the guest, as in the zoo's 768 MiB guests
+# (measured, docs/corpus.md).
 _BASE_KINDS = ("lime", "core")
 _DERIVATIVE_KINDS = ("core", "lime")
 FAMILY_BASES = (

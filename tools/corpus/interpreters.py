@@ -276,9 +276,8 @@ def family_support_files() -> Tuple[Path, ...]:
 
 
 def family_venv_path(base_version: str) -> Path:
-    key = cache.digest(
-        {"base": base_version, "requirements": FAMILY_REQUIREMENTS, "no_deps": FAMILY_NO_DEPS, "constraints": FAMILY_CONSTRAINTS}
-    )
+    inputs = {"base": base_version, "requirements": FAMILY_REQUIREMENTS, "no_deps": FAMILY_NO_DEPS}
+    key = cache.digest(dict(inputs, constraints=FAMILY_CONSTRAINTS))
     return cache.root() / "venvs" / ("%s-%s" % (FAMILY_IDENT, key[:12]))
 
 
