@@ -1,0 +1,356 @@
+"""Differential analysis: what a recovered model changed, added and removed relative to its base
+(the ZEN paper's Algorithm 2, on unified representations only: no memory image).
+
+Given the target UR, the winning base UR and the code-object matching of attribution
+(``attribution.pr_matching``: Omega, Delta, Removed):
+
+- *changed*: pairs of Omega whose code or attributes differ (bytecode, names, constants, variable
+  tables, counts, flags, module or qualified name);
+- *added*: Delta, the target code without a counterpart, grouped into the classes the target adds
+  and free functions;
+- *removed*: base code without a counterpart.
+
+A change is shipped as whole code objects, and a nested helper (comprehension, lambda, inner function)
+only exists inside its parent's constants.  So the helpers of a changed or added code object, and the
+parents of a changed helper, are pulled in as well, as are the unchanged methods of an added class,
+which the base does not define under that name: kind "changed" with no differing fields and
+``Change.pulled_in_by`` naming what brought them.
+
+docs/patchgen.md describes the JSON form (``DIFF_SCHEMA_VERSION``).
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from rapidfuzz.distance import LCSseq
+
+from ..representation.unified import CodeFeature, UnifiedRepresentation
+from .attribution import Match, pr_matching
+from .similarity import canonical_tokens
+
+__all__ = ["AddedClass", "Change", "ClassChange", "DIFF_SCHEMA_VERSION", "ModelDiff", "diff_models"]
+
+DIFF_SCHEMA_VERSION = 1
+DIFF_FORMAT = "zen-model-diff"
+KINDS = ("changed", "added", "removed")
+# Code that lives only inside its parent's co_consts: shipped with it, never on its own.
+HELPER_KINDS = frozenset({"nested", "lambda", "comprehension"})
+# What makes a matched pair "changed" when both run the same CPython version: exact bytecode and
+# every table the instructions index, so that a renamed global or a new constant counts too.
+SAME_VERSION_FIELDS = ("code_sha256", "disassembly", "names", "strings", "varnames", "freevars", "cellvars",
+                       "argcount", "posonlyargcount", "kwonlyargcount", "nlocals", "flags", "module", "qualname",
+                       "name")
+# Across versions bytecode, flags and co_names differ for unchanged code; compare what survives a
+# recompilation (canonical tokens: docs/attribution.md).
+CROSS_VERSION_FIELDS = ("tokens", "strings", "varnames", "freevars", "cellvars", "argcount", "posonlyargcount",
+                        "kwonlyargcount", "module", "qualname", "name")
+# Control-flow layout that compilers of different versions lay out differently for the same source
+# (3.12 adds END_FOR after loops and duplicates small return blocks instead of jumping to one): left
+# out of the cross-version instruction comparison.
+CROSS_VERSION_LAYOUT = frozenset({"END_FOR", "JUMP", "RETURN_VALUE"})
+
+
+@dataclass
+class Change:
+    kind: str  # changed / added / removed
+    function_id: Optional[str]  # in the target; None for removed
+    base_function_id: Optional[str]  # its counterpart in the base; None for added
+    class_key: Optional[str]  # the class that holds it as a method (target's, or base's for removed)
+    size: int  # bytecode bytes changed (estimate, see _changed_bytes), added or removed
+    similarity: Optional[float]  # s(t, b) of the pair; None for added and removed
+    fields: List[str] = field(default_factory=list)  # attributes that differ (changed)
+    pulled_in_by: Optional[str] = None  # function_id (or added class key) that brought it in unchanged
+    code_kind: str = ""  # function / method / nested / lambda / comprehension / class-body
+
+
+@dataclass
+class AddedClass:
+    key: str
+    name: str
+    qualname: str
+    module: str
+    bases: List[str]  # keys of its direct bases
+    methods: Dict[str, str]  # attribute name -> function_id in the target
+    attributes: Dict[str, Any] = field(default_factory=dict)  # simple class attributes (filled from the image)
+
+
+@dataclass
+class ClassChange:
+    """A class both have (same key, or renamed: its methods match one base class) whose shape differs."""
+
+    key: str
+    base_key: str
+    bases_added: List[str] = field(default_factory=list)
+    bases_removed: List[str] = field(default_factory=list)
+    methods_added: List[str] = field(default_factory=list)  # attribute names
+    methods_removed: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerChange:
+    """One layer (MR node) by path: in the target only, in the base only, or in both but different."""
+
+    kind: str  # added / removed / changed
+    path: str  # "" is the root
+    class_key: Optional[str]  # the target's (None for removed)
+    base_class_key: Optional[str]  # the base's (None for added)
+    fields: List[str] = field(default_factory=list)  # class / children / tensors / hyperparameters (changed)
+    elements: int = 0  # elements of the layer's own tensors (the base's for removed)
+
+
+@dataclass
+class ModelDiff:
+    base: Optional[str]  # the base's library name
+    target_root_class: Optional[str]
+    changes: List[Change]  # changed, then added, then removed; each by function_id
+    added_classes: List[AddedClass]
+    warnings: List[str] = field(default_factory=list)
+    added_functions: List[str] = field(default_factory=list)  # added code that no added class holds (not helpers)
+    removed_classes: List[str] = field(default_factory=list)
+    renamed_classes: Dict[str, str] = field(default_factory=dict)  # target key -> base key
+    class_changes: List[ClassChange] = field(default_factory=list)
+    layer_changes: List[LayerChange] = field(default_factory=list)  # the MR side; empty when either has no MR
+    skipped: List[str] = field(default_factory=list)  # function_ids whose code could not be read (either side)
+    python_version: str = ""
+    base_python_version: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changes or self.added_classes or self.removed_classes or self.class_changes
+                    or self.layer_changes)
+
+    def counts(self) -> Dict[str, int]:
+        """Changes by kind; ``pulled_in`` counts those included unchanged for a change they belong to."""
+        out = {kind: sum(1 for c in self.changes if c.kind == kind) for kind in KINDS}
+        out["pulled_in"] = sum(1 for c in self.changes if c.pulled_in_by is not None)
+        out["added_classes"] = len(self.added_classes)
+        out["removed_classes"] = len(self.removed_classes)
+        for kind in KINDS:
+            out[f"layers_{kind}"] = sum(1 for c in self.layer_changes if c.kind == kind)
+        return out
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["counts"] = self.counts()
+        return {"schema": DIFF_SCHEMA_VERSION, "format": DIFF_FORMAT, **out}
+
+
+def diff_models(target: UnifiedRepresentation, base: UnifiedRepresentation,
+                matching: Optional[Tuple[Sequence[Match], Sequence[str], Sequence[str]]] = None) -> ModelDiff:
+    """The differences of ``target`` from ``base``.  ``matching`` is (Omega, Delta, Removed) as
+    attribution returns them for the winner; without it, ``pr_matching`` computes it."""
+    if matching is None:
+        omega, delta, removed, _ = pr_matching(target, base)
+    else:
+        omega, delta, removed = matching
+    t_code = {c.function_id: c for c in target.pr.code}
+    b_code = {c.function_id: c for c in base.pr.code}
+    same_version = target.python_version == base.python_version
+    out = ModelDiff(base=base.name, target_root_class=_root_class(target), changes=[], added_classes=[],
+                    python_version=target.python_version, base_python_version=base.python_version)
+    if not same_version:
+        out.warnings.append(f"the target runs CPython {target.python_version}, the base {base.python_version}: "
+                            "code is compared by version-independent features (canonical instructions, "
+                            "names, constants), not by exact bytecode")
+    out.warnings.extend(f"target: {w}" for w in target.provenance.get("warnings", ()))
+
+    def readable(fid: str, feature: Optional[CodeFeature], side: str) -> bool:
+        if feature is None:
+            out.warnings.append(f"{side} code {fid} is not in its representation: skipped")
+        elif _unreadable(feature):
+            out.warnings.append(f"{side} code {fid} could not be read (no instructions): skipped")
+        else:
+            return True
+        out.skipped.append(fid)
+        return False
+
+    changes: Dict[str, Change] = {}  # by target function_id
+    pairs: Dict[str, Match] = {}
+    for m in omega:
+        t, b = t_code.get(m.target), b_code.get(m.base)
+        if not (readable(m.target, t, "target") and readable(m.base, b, "base")):
+            continue
+        pairs[m.target] = m
+        fields = _differences(t, b, same_version)
+        if fields:
+            changes[m.target] = Change("changed", m.target, m.base, t.owner_class or b.owner_class,
+                                       _changed_bytes(t, b, same_version), m.similarity, fields,
+                                       code_kind=t.kind)
+    for fid in delta:
+        t = t_code.get(fid)
+        if readable(fid, t, "target"):
+            changes[fid] = Change("added", fid, None, t.owner_class, t.bytecode_size, None, code_kind=t.kind)
+
+    _compare_classes(target, base, pairs, out)
+    # Unchanged methods of an added class: the base has them only under its own class, if at all.
+    for cls in out.added_classes:
+        for fid in cls.methods.values():
+            if fid not in changes and fid in pairs:
+                changes[fid] = _pulled(t_code[fid], pairs[fid], cls.key)
+    _pull_in_helpers(changes, t_code, pairs)
+
+    removed_changes = []
+    for fid in removed:
+        b = b_code.get(fid)
+        if readable(fid, b, "base"):
+            removed_changes.append(Change("removed", None, fid, b.owner_class, b.bytecode_size, None, code_kind=b.kind))
+    held = {fid for cls in out.added_classes for fid in cls.methods.values()}
+    out.added_functions = sorted(fid for fid, c in changes.items()
+                                 if c.kind == "added" and fid not in held and c.code_kind not in HELPER_KINDS)
+    order = {kind: k for k, kind in enumerate(KINDS)}
+    out.changes = sorted(list(changes.values()) + removed_changes,
+                         key=lambda c: (order[c.kind], c.function_id or c.base_function_id or ""))
+    out.skipped = sorted(set(out.skipped))
+    out.layer_changes = _compare_layers(target, base, out.renamed_classes)
+    return out
+
+
+def _root_class(ur: UnifiedRepresentation) -> Optional[str]:
+    if ur.mr is not None:
+        return ur.mr.root_class
+    return ur.provenance.get("root_class") or (ur.phi.get("") or {}).get("class")
+
+
+def _unreadable(code: CodeFeature) -> bool:
+    # The fingerprint leaves the tokens empty when xdis cannot decode the bytecode; every real code
+    # object has at least a return instruction.
+    return code.bytecode_size > 0 and not code.disassembly
+
+
+def _differences(t: CodeFeature, b: CodeFeature, same_version: bool) -> List[str]:
+    if same_version:
+        return [name for name in SAME_VERSION_FIELDS if getattr(t, name) != getattr(b, name)]
+    out = []
+    for name in CROSS_VERSION_FIELDS:
+        if name == "tokens":
+            differs = _portable_tokens(t) != _portable_tokens(b)
+        else:
+            differs = getattr(t, name) != getattr(b, name)
+        if differs:
+            out.append(name)
+    return out
+
+
+def _portable_tokens(code: CodeFeature) -> List[str]:
+    return [t for t in canonical_tokens(code.disassembly) if t not in CROSS_VERSION_LAYOUT]
+
+
+def _changed_bytes(t: CodeFeature, b: CodeFeature, same_version: bool) -> int:
+    """Bytes of bytecode that differ, estimated from the instruction tokens (a UR keeps co_code's hash,
+    not its bytes): the instructions outside the longest common subsequence of the two token lists,
+    each at its code object's average bytes per instruction (inline caches included).  At least one
+    code unit (2 bytes) when the bytecode differs; 0 when only names or tables differ."""
+    t_tokens = t.disassembly if same_version else _portable_tokens(t)
+    b_tokens = b.disassembly if same_version else _portable_tokens(b)
+    common = LCSseq.similarity(t_tokens, b_tokens)
+    size = ((len(t_tokens) - common) * t.bytecode_size / max(1, len(t_tokens))
+            + (len(b_tokens) - common) * b.bytecode_size / max(1, len(b_tokens)))
+    size = int(round(size))
+    if same_version and t.code_sha256 != b.code_sha256:
+        size = max(size, 2)
+    return size
+
+
+def _pulled(t: CodeFeature, m: Match, by: str) -> Change:
+    """A matched, unchanged code object shipped with a change: "changed" with no differing fields."""
+    return Change("changed", t.function_id, m.base, t.owner_class, 0, m.similarity, [], by, t.kind)
+
+
+def _pull_in_helpers(changes: Dict[str, Change], t_code: Dict[str, CodeFeature], pairs: Dict[str, Match]) -> None:
+    """Close the changes over nesting: a changed or added code object brings its helpers, a changed
+    helper brings its parent (and so that parent's other helpers): the unit shipped is a whole tree."""
+    parent: Dict[str, str] = {}
+    for code in t_code.values():
+        for child in code.nested:
+            parent.setdefault(child, code.function_id)
+    pending = sorted(changes)
+    while pending:
+        fid = pending.pop()
+        code = t_code.get(fid)
+        if code is None:
+            continue
+        linked = [c for c in code.nested if t_code.get(c) is not None and t_code[c].kind in HELPER_KINDS]
+        if code.kind in HELPER_KINDS and fid in parent:
+            linked.append(parent[fid])
+        for other in linked:
+            if other in changes or other not in pairs:
+                continue  # already in, or unreadable (listed in skipped)
+            changes[other] = _pulled(t_code[other], pairs[other], fid)
+            pending.append(other)
+
+
+def _compare_classes(target: UnifiedRepresentation, base: UnifiedRepresentation, pairs: Dict[str, Match],
+                     out: ModelDiff) -> None:
+    """Added, removed, renamed and reshaped classes of the model's own code (framework classes hold no
+    code in a PR and are left out)."""
+    t_classes = {c.key: c for c in target.pr.classes if not c.framework}
+    b_classes = {c.key: c for c in base.pr.classes if not c.framework}
+    b_owner: Dict[str, str] = {}
+    for cls in b_classes.values():
+        for fid in cls.methods.values():
+            b_owner.setdefault(fid, cls.key)
+
+    matched: Dict[str, str] = {k: k for k in t_classes if k in b_classes}
+    claimed: Set[str] = set(matched.values())
+    for key in sorted(set(t_classes) - set(matched)):
+        # Renamed: the methods that have counterparts all sit in one base class the target lacks,
+        # and they are at least half of its methods.
+        owners = [b_owner.get(pairs[fid].base) for fid in t_classes[key].methods.values() if fid in pairs]
+        owners_set = set(owners)
+        if (len(owners_set) == 1 and None not in owners_set and 2 * len(owners) >= len(t_classes[key].methods)
+                and next(iter(owners_set)) not in claimed):
+            matched[key] = owners[0]
+            claimed.add(owners[0])
+            out.renamed_classes[key] = owners[0]
+    for key in sorted(set(t_classes) - set(matched)):
+        c = t_classes[key]
+        out.added_classes.append(AddedClass(c.key, c.name, c.qualname, c.module, list(c.bases), dict(c.methods)))
+    out.removed_classes = sorted(set(b_classes) - claimed)
+    for key, base_key in sorted(matched.items()):
+        t, b = t_classes[key], b_classes[base_key]
+        t_bases, b_bases = set(_rename(t.bases, out.renamed_classes)), set(b.bases)
+        change = ClassChange(key, base_key, sorted(t_bases - b_bases), sorted(b_bases - t_bases),
+                             sorted(set(t.methods) - set(b.methods)), sorted(set(b.methods) - set(t.methods)))
+        if change.bases_added or change.bases_removed or change.methods_added or change.methods_removed:
+            out.class_changes.append(change)
+
+
+def _compare_layers(target: UnifiedRepresentation, base: UnifiedRepresentation,
+                    renamed: Dict[str, str]) -> List[LayerChange]:
+    """Layers aligned by path (a derivative that swaps a block keeps its path; one that inserts a block
+    shifts the numbered paths after it, which then show as changed)."""
+    if target.mr is None or base.mr is None:
+        return []
+    t_layers = {layer.path: layer for layer in target.mr.layers}
+    b_layers = {layer.path: layer for layer in base.mr.layers}
+    out = []
+    for layer in target.mr.layers:
+        other = b_layers.get(layer.path)
+        if other is None:
+            out.append(LayerChange("added", layer.path, layer.class_key, None, [], _elements(layer)))
+            continue
+        fields = []
+        if renamed.get(layer.class_key, layer.class_key) != other.class_key:
+            fields.append("class")
+        for name in ("children", "tensors", "hyperparameters"):
+            if getattr(layer, name) != getattr(other, name):
+                fields.append(name)
+        if fields:
+            out.append(LayerChange("changed", layer.path, layer.class_key, other.class_key, fields, _elements(layer)))
+    out += [LayerChange("removed", layer.path, None, layer.class_key, [], _elements(layer))
+            for layer in base.mr.layers if layer.path not in t_layers]
+    return out
+
+
+def _elements(layer) -> int:
+    total = 0
+    for _, shape, _ in layer.tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def _rename(keys: Iterable[str], renamed: Dict[str, str]) -> List[str]:
+    return [renamed.get(k, k) for k in keys]
