@@ -216,9 +216,12 @@ def test_unknown_and_ambiguous_members():
 # -- The generator ----------------------------------------------------------------------------------
 
 def torch_python() -> str:
-    python = os.environ.get("ZEN_TORCH_PYTHON") or "/tmp/torchvenv/bin/python"
-    if not os.path.exists(python):
-        pytest.skip(f"no torch interpreter: set ZEN_TORCH_PYTHON ({python} does not exist)")
+    """$ZEN_TORCH_PYTHON, else the corpus harness's torch venv (created on first use, as for the torch images)."""
+    python = os.environ.get("ZEN_TORCH_PYTHON")
+    if not python:
+        from tools.corpus import interpreters
+
+        python = str(interpreters.resolve("torch-3.11").executable)
     return python
 
 

@@ -9,7 +9,7 @@ same DWARF, the item size of every ScalarType from the DWARF constant value of
 ``caffe2::scalarTypeItemSizes``, and the Python names of dtypes and devices from the installed torch
 itself (each dtype's ScalarType number read back from a live tensor at the offset the DWARF gives).
 
-    python tools/gen_torch_isf.py --torch-python /tmp/torchvenv/bin/python
+    python tools/gen_torch_isf.py --torch-python <a python with torch==2.13.0, e.g. the corpus torch venv>
 
 The output (``symbols/torch/torch-<version>.json``) is deterministic: sorted keys, no timestamps or
 paths, so regenerating from the same torch, headers and compiler gives the same bytes (the test suite
