@@ -11,14 +11,14 @@ The result is plain data (``representation.unified``); analysis never needs the 
 import hashlib
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from .analysis.code_index import function_id as make_function_id
+from .analysis.code_index import function_id as make_function_id, nested_kind
 from .cpython import disassemble
 from .cpython.objects import DECODE_ERRORS
 from .cpython.reach import CodeReach, ReachedCode, is_framework_module
 from .cpython.recover import PythonProcess
 from .errors import CorruptObjectError
 from .representation.model import ModelRepresentation
-from .representation.program import ClassInfo, CodeObject, CodeRef
+from .representation.program import ClassInfo, CodeObject, nested_code
 from .representation.unified import (
     ClassFeature, CodeFeature, LayerNode, MathematicalRepresentation, ProgramRepresentation,
     UnifiedRepresentation,
@@ -26,7 +26,6 @@ from .representation.unified import (
 
 TOOL = "volatility3-zen"
 CALL_OPS = ("CALL", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD", "CALL_KW")
-COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
 PLAIN_ATTRIBUTE_DEPTH = 4  # how deep a plain-Python root's attributes are searched for its parts' classes
 
 
@@ -68,14 +67,6 @@ def _strings(consts) -> List[str]:
     return out
 
 
-def _nested_kind(code: CodeObject) -> str:
-    if code.name == "<lambda>":
-        return "lambda"
-    if code.name in COMPREHENSIONS:
-        return "comprehension"
-    return "nested"
-
-
 def program_representation(python: PythonProcess, reached: ReachedCode,
                            with_source: bool = False) -> Tuple[ProgramRepresentation, Dict[int, str]]:
     """The PR of what the walk reached, and each class's key by address (for phi)."""
@@ -115,12 +106,12 @@ def program_representation(python: PythonProcess, reached: ReachedCode,
             if parent in named:
                 module, pqual, _, _ = named[parent]
                 code = codes[addr]
-                named[addr] = (module, code.qualname or f"{pqual}.<locals>.{code.name}", _nested_kind(code), None)
+                named[addr] = (module, code.qualname or f"{pqual}.<locals>.{code.name}", nested_kind(code), None)
             else:
                 left.append(addr)
         if len(left) == len(pending):
             for addr in left:
-                named[addr] = ("?", codes[addr].qualname or codes[addr].name, _nested_kind(codes[addr]), None)
+                named[addr] = ("?", codes[addr].qualname or codes[addr].name, nested_kind(codes[addr]), None)
             break
         pending = left
 
@@ -154,8 +145,8 @@ def program_representation(python: PythonProcess, reached: ReachedCode,
             disassembly=tokens, source=source, address=addr,
         )
     for addr, feature in features.items():
-        feature.nested = sorted(features[c.address].function_id for c in _code_refs(codes[addr].consts)
-                                if c.address in features)
+        feature.nested = sorted(features[child].function_id for child in nested_code(codes[addr].consts)
+                                if child in features)
 
     function_ids = {f: features[f_obj.code].function_id for f, f_obj in reached.functions.items() if f_obj.code in features}
     keys: Dict[int, str] = {}
@@ -170,16 +161,6 @@ def program_representation(python: PythonProcess, reached: ReachedCode,
                                     [keys[b] for b in info.bases if b in keys], methods, framework, addr))
     code_list = sorted(features.values(), key=lambda f: f.function_id)
     return ProgramRepresentation(code_list, classes), keys
-
-
-def _code_refs(consts) -> List[CodeRef]:
-    out = []
-    for c in consts:
-        if isinstance(c, CodeRef):
-            out.append(c)
-        elif isinstance(c, (tuple, frozenset)):
-            out.extend(_code_refs(c))
-    return out
 
 
 def class_code(reached: ReachedCode, class_addr: int, pr: ProgramRepresentation) -> List[str]:

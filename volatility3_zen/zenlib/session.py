@@ -40,6 +40,22 @@ def common_requirements() -> List[interfaces.configuration.RequirementInterface]
     ]
 
 
+def model_requirements() -> List[interfaces.configuration.RequirementInterface]:
+    """What the plugins that compare models with the base model library add: the roots and the library."""
+    return common_requirements() + [
+        requirements.ListRequirement(name="root", element_type=int, optional=True,
+                                     description="Only the models rooted at these addresses (nn.Modules, or any object of a plain-Python model; with --pid)"),
+        requirements.StringRequirement(name="bml", optional=True, description="Base model library directory (default: the bundled bml/)"),
+    ]
+
+
+def score_cell(value: Optional[float]):
+    """A similarity for a TreeGrid cell: N/A where it does not apply (no MR on one side)."""
+    from volatility3.framework import renderers
+
+    return renderers.NotApplicableValue() if value is None else round(float(value), 6)
+
+
 def fail(message: str) -> None:
     """A fatal, one-line error for the investigator and a non-zero exit (no traceback)."""
     vollog.error(message)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
-from ..representation.program import CodeObject, CodeRef, Program
+from ..representation.program import CodeObject, Program, nested_code
 
 CO_VARARGS = 0x04
 CO_VARKEYWORDS = 0x08
@@ -95,13 +95,13 @@ def index_code_objects(program: Program) -> Iterator[CodeEntry]:
         if code is None:
             continue
         module, qualname, _ = parent_info[addr]
-        for child in _nested(code.consts):
+        for child in nested_code(code.consts):
             if child in seen or child not in program.code_objects:
                 continue
             seen.add(child)
             cc = program.code_objects[child]
             child_qual = cc.qualname or f"{qualname}.<locals>.{cc.name}"
-            parent_info[child] = (module, child_qual, _nested_kind(cc))
+            parent_info[child] = (module, child_qual, nested_kind(cc))
             order.append(child)
     for addr in order:
         code = program.code_objects.get(addr)
@@ -113,17 +113,10 @@ def index_code_objects(program: Program) -> Iterator[CodeEntry]:
                         hashlib.sha256(code.code).hexdigest(), by_code.get(addr, []))
 
 
-def _nested_kind(code: CodeObject) -> str:
+def nested_kind(code: CodeObject) -> str:
     if code.name == "<lambda>":
         return "lambda"
     if code.name in ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"):
         return "comprehension"
     return "nested"
 
-
-def _nested(consts) -> Iterator[int]:
-    for c in consts:
-        if isinstance(c, CodeRef):
-            yield c.address
-        elif isinstance(c, (tuple, frozenset)):
-            yield from _nested(c)

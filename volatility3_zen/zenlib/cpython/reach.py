@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from ..representation.program import ClassInfo, CodeObject, CodeRef, Function
+from ..representation.program import ClassInfo, CodeObject, Function, nested_code
 from .objects import DECODE_ERRORS
 from .recover import PythonProcess
 
@@ -199,7 +199,7 @@ class CodeReach:
             out.code_objects[addr] = code
             out.code_owner[addr] = (func.address, parent)
             read.append(code)
-            pending.extend((c.address, addr) for c in _code_refs(code.consts))
+            pending.extend((child, addr) for child in nested_code(code.consts))
         return read
 
     def _referenced(self, code: CodeObject, globals_: Dict[str, int], inside) -> Iterable[Tuple[str, int]]:
@@ -223,12 +223,3 @@ class CodeReach:
                     if kind in ("function", "class"):
                         yield kind, value
 
-
-def _code_refs(consts) -> List[CodeRef]:
-    out = []
-    for c in consts:
-        if isinstance(c, CodeRef):
-            out.append(c)
-        elif isinstance(c, (tuple, frozenset)):
-            out.extend(_code_refs(c))
-    return out

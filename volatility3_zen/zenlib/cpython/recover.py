@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from ..errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
-from ..representation.program import ClassInfo, CodeRef, Function, InterpreterInfo, ModuleInfo, Program
+from ..representation.program import ClassInfo, Function, InterpreterInfo, ModuleInfo, Program, nested_code
 from .code import CodeReader
 from .heap import Heap, Py_TPFLAGS_HEAPTYPE
 from .objects import DECODE_ERRORS, ObjectReader
@@ -189,7 +189,7 @@ class PythonProcess:
                 code_objects[addr] = None  # tried; do not retry
                 continue
             code_objects[addr] = code
-            pending.extend(_nested_code(code.consts))
+            pending.extend(nested_code(code.consts))
         for addr in [a for a, c in code_objects.items() if c is None]:
             del code_objects[addr]
 
@@ -240,16 +240,6 @@ def function_kind(name: str, qualname: str) -> str:
     if "." in qualname:
         return "method"
     return "function"
-
-
-def _nested_code(consts) -> List[int]:
-    out = []
-    for c in consts:
-        if isinstance(c, CodeRef):
-            out.append(c.address)
-        elif isinstance(c, (tuple, frozenset)):
-            out.extend(_nested_code(c))
-    return out
 
 
 class _Warnings:

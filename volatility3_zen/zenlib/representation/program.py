@@ -103,6 +103,17 @@ class Program:
     warnings: List[str] = field(default_factory=list)
 
 
+def nested_code(consts) -> List[int]:
+    """Addresses of the code objects among ``co_consts`` (inside tuples and frozensets too)."""
+    out = []
+    for c in consts:
+        if isinstance(c, CodeRef):
+            out.append(c.address)
+        elif isinstance(c, (tuple, frozenset)):
+            out.extend(nested_code(c))
+    return out
+
+
 def encode_const(value: Any) -> Dict[str, Any]:
     """Tagged, exact JSON encoding of a code-object constant (shared with the corpus ground truth)."""
     if value is None:

@@ -20,10 +20,6 @@ from volatility3_zen.zenlib.analysis import attribution
 vollog = logging.getLogger(__name__)
 
 
-def _score(value):
-    return renderers.NotApplicableValue() if value is None else round(float(value), 6)
-
-
 class Attribute(interfaces.plugins.PluginInterface):
     """Attributes every model of the image to the base models of a library (or adds one to it)."""
 
@@ -32,10 +28,7 @@ class Attribute(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return session.common_requirements() + [
-            requirements.ListRequirement(name="root", element_type=int, optional=True,
-                                         description="Only the models rooted at these addresses (nn.Modules, or any object of a plain-Python model; with --pid)"),
-            requirements.StringRequirement(name="bml", optional=True, description="Base model library directory (default: the bundled bml/)"),
+        return session.model_requirements() + [
             requirements.StringRequirement(name="bml-add", optional=True,
                                            description="Store the model's fingerprint in the library under this name instead of attributing it (needs exactly one model; use --pid/--root)"),
             requirements.StringRequirement(name="bml-source", optional=True,
@@ -84,7 +77,7 @@ class Attribute(interfaces.plugins.PluginInterface):
             for score in result.scores:
                 winner = score.base == result.winner
                 yield 0, (target.pid, target.name, format_hints.Hex(root), ur.provenance.get("root_class", ""),
-                          score.base, _score(score.mr), _score(score.pr), _score(score.ur), score.rank, score.candidate,
+                          score.base, session.score_cell(score.mr), session.score_cell(score.pr), session.score_cell(score.ur), score.rank, score.candidate,
                           score.exact_matches, winner, round(result.margin, 6),
                           len(result.omega) if winner else renderers.NotApplicableValue(),
                           len(result.delta) if winner else renderers.NotApplicableValue(),

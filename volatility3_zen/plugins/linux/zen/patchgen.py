@@ -23,10 +23,6 @@ from volatility3_zen.zenlib.errors import ZenError
 vollog = logging.getLogger(__name__)
 
 
-def _float(value):
-    return renderers.NotApplicableValue() if value is None else round(float(value), 6)
-
-
 class PatchGen(interfaces.plugins.PluginInterface):
     """Diffs every model of the image against the base it was derived from; writes patch bundles."""
 
@@ -35,10 +31,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return session.common_requirements() + [
-            requirements.ListRequirement(name="root", element_type=int, optional=True,
-                                         description="Only the models rooted at these addresses (nn.Modules, or any object of a plain-Python model; with --pid)"),
-            requirements.StringRequirement(name="bml", optional=True, description="Base model library directory (default: the bundled bml/)"),
+        return session.model_requirements() + [
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
                                             description="Write one patch bundle per model root (pid<PID>-<root>.zenpatch.zip)"),
         ]
@@ -59,7 +52,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
             if self.config.get("dump"):
                 self._dump(target, ur, bases[result.winner], result, model_diff)
             head = (target.pid, format_hints.Hex(root), ur.provenance.get("root_class", ""), result.winner,
-                    _float(result.scores[0].ur))
+                    session.score_cell(result.scores[0].ur))
             for row in _rows(model_diff):
                 yield 0, head + row
 
@@ -90,7 +83,7 @@ def _rows(model_diff: diff.ModelDiff) -> Iterator[tuple]:
     none = renderers.NotApplicableValue()
     for c in model_diff.changes:
         detail = ",".join(c.fields) if c.fields else (f"with {c.pulled_in_by}" if c.pulled_in_by else "")
-        yield (c.kind, c.class_key or "", c.function_id or c.base_function_id, c.size, _float(c.similarity), "", detail)
+        yield (c.kind, c.class_key or "", c.function_id or c.base_function_id, c.size, session.score_cell(c.similarity), "", detail)
     for cls in model_diff.added_classes:
         yield ("class-added", cls.key, "", len(cls.methods), none, "", ",".join(cls.bases))
     for key in model_diff.removed_classes:
