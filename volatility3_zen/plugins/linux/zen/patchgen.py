@@ -4,18 +4,19 @@ Every model root is attributed to the base model library (as ``linux.zen.attribu
 diffed against the winning base (``analysis.diff``): one row per changed, added or removed code
 object, added or removed class, and changed layer.  ``--dump`` writes one self-describing zip per
 model root: the changed and added code as marshal files of the image's Python version, the added
-classes, the weights, the model description, the execution context, the diff and the attribution
-(docs/patchgen.md).
+classes, the weights, the model description, the execution context, the diff and the attribution;
+and next to it a forensic HTML report (``zenlib/report.py``) (docs/patchgen.md).
 """
 
 import logging
+import os
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib import bml, patchbundle, session
+from volatility3_zen.zenlib import bml, patchbundle, report, session
 from volatility3_zen.zenlib.analysis import attribution, diff
 from volatility3_zen.zenlib.cpython.recover import PythonProcess
 from volatility3_zen.zenlib.errors import ZenError
@@ -33,7 +34,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return session.model_requirements() + [
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
-                                            description="Write one patch bundle per model root (pid<PID>-<root>.zenpatch.zip)"),
+                                            description="Write one patch bundle and one HTML report per model root (pid<PID>-<root>.zenpatch.zip, .report.html)"),
         ]
 
     def _generator(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
@@ -57,17 +58,27 @@ class PatchGen(interfaces.plugins.PluginInterface):
                 yield 0, head + row
 
     def _dump(self, target, ur, base, result, model_diff) -> None:
+        bundle, notes = None, []
         try:
             # The fingerprint's process is not handed out; opening it again costs well under a second.
             python = PythonProcess(target.memory)
             bundle = patchbundle.build(target.pid, python, ur, base, result, model_diff)
         except ZenError as exc:
             vollog.warning("PID %d: no patch bundle (%s)", target.pid, exc)
-            return
-        for warning in bundle.warnings:
-            vollog.warning("PID %d: %s", target.pid, warning)
-        with self.open(bundle.name) as handle:
-            bundle.write(handle)
+            notes.append(f"no patch bundle: {exc}")
+        if bundle is not None:
+            for warning in bundle.warnings:
+                vollog.warning("PID %d: %s", target.pid, warning)
+            notes += bundle.warnings
+            with self.open(bundle.name) as handle:
+                bundle.write(handle)
+        # After the bundle, which fills in the added classes' attributes; the report needs no image, so
+        # it is written even when the bundle could not be.
+        image = os.path.basename(self.context.config.get("automagic.LayerStacker.single_location", ""))
+        text = report.render_html(ur, base, result, model_diff, image=image or None,
+                                  bundle=bundle.name if bundle is not None else None, warnings=notes)
+        with self.open(report.report_name(target.pid, ur.provenance.get("root", 0))) as handle:
+            handle.write(text.encode("utf-8"))
 
     def run(self) -> renderers.TreeGrid:
         library = bml.BaseModelLibrary(self.config.get("bml"))

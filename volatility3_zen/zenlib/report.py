@@ -1,0 +1,532 @@
+"""The forensic report: one self-contained HTML page per model root (docs/patchgen.md).
+
+``render_html(target, base, result, model_diff)`` works on representations only (the target's UR, the
+winning base's UR, the attribution and the diff), never on a memory image.  The page has inline CSS,
+no script and no external resource, so that it opens on an air-gapped workstation.  It shows the
+provenance, the attribution scores, a heat map of code-object similarity, the added, renamed and
+removed classes, the layer changes, a side-by-side diff of every changed code object against its
+base counterpart and the text of the added code.
+
+Every name in a UR was read from a memory image, which an attacker may control: all text is passed
+through ``_text`` (non-printable characters, lone surrogates and bidirectional controls become
+visible escapes) and then HTML-escaped.  The same inputs give the same bytes: no timestamp, no
+dependence on how many reports this process wrote before.
+"""
+
+import difflib
+import hashlib
+import html
+import json
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .. import __version__
+from .analysis import attribution, diff, similarity
+from .representation.unified import CodeFeature, UnifiedRepresentation
+
+__all__ = ["MAX_HEATMAP_COLUMNS", "MAX_HEATMAP_ROWS", "REPORT_SUFFIX", "code_text", "render_html", "report_name"]
+
+REPORT_SUFFIX = ".report.html"
+# A larger heat map is unreadable on screen and in print; what is left out is counted.  The columns
+# of the rows shown (at most one each) always fit; removed base code fills the rest.
+MAX_HEATMAP_ROWS = 60
+MAX_HEATMAP_COLUMNS = 80
+# Longer texts are diffed in context view (differing regions and a few lines around them): a full
+# side-by-side table of a several-thousand-instruction function is megabytes of mostly equal lines.
+FULL_DIFF_LINES = 400
+CONTEXT_LINES = 5
+LABEL_CHARS = 44  # heat-map axis labels; the keys below the map and the tooltips carry the full IDs
+VALUE_CHARS = 200  # a class attribute's value as shown
+
+_CELL = 14
+_CHAR_WIDTH = 6.7  # 11px monospace, approximately
+
+
+def report_name(pid: int, root: int) -> str:
+    """``pid<PID>-<root hex>.report.html``: next to the bundle of the same model root."""
+    return f"pid{pid}-{root:x}{REPORT_SUFFIX}"
+
+
+# -- safe text ---------------------------------------------------------------------------------------------
+def _text(value: Any, keep_newlines: bool = False) -> str:
+    """Printable text: what is not printable (control and format characters, bidirectional overrides,
+    lone surrogates read from memory, unusual spaces) becomes a visible escape such as \\u202e, so it
+    can neither disguise a name nor make the page unencodable."""
+    value = str(value)
+    if value.isprintable():
+        return value
+    out = []
+    for ch in value:
+        if ch.isprintable() or (keep_newlines and ch in "\n\t"):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _e(value: Any) -> str:
+    return html.escape(_text(value), quote=True)
+
+
+def _short(value: Any, limit: int) -> str:
+    value = _text(value)
+    return value if len(value) <= limit else value[:limit - 1] + "…"
+
+
+def _score(value: Optional[float]) -> str:
+    return "N/A" if value is None else f"{value:.4f}"
+
+
+def _colour(value: float) -> Tuple[int, int, int]:
+    """0 -> near white, 1 -> dark blue (a sequential scale that prints in grey too)."""
+    v = min(1.0, max(0.0, float(value)))
+    low, high = (247, 251, 255), (8, 48, 107)
+    return tuple(int(round(a + (b - a) * v)) for a, b in zip(low, high))
+
+
+def _fill(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    r, g, b = _colour(value)
+    ink = "#fff" if value > 0.55 else "#000"
+    return f' style="background:#{r:02x}{g:02x}{b:02x};color:{ink}"'
+
+
+# -- code objects as text ----------------------------------------------------------------------------------
+def code_text(code: CodeFeature, portable: bool = False) -> List[str]:
+    """The readable text of one code object: its attributes, then one instruction per line, then its
+    decompiled source when the UR has one.  ``portable``: the instructions in the version-independent
+    form the cross-version diff compares (docs/patchgen.md), not this version's spelling."""
+    lines = [
+        f"# {_text(code.function_id)}",
+        f"module: {_text(code.module)}",
+        f"qualname: {_text(code.qualname)}",
+        f"name: {_text(code.name)}  kind: {_text(code.kind)}  class: {_text(code.owner_class or '-')}",
+        f"args: {code.argcount}  posonly: {code.posonlyargcount}  kwonly: {code.kwonlyargcount}  "
+        f"nlocals: {code.nlocals}  flags: 0x{code.flags:x}",
+        f"names: {_text(', '.join(code.names))}",
+        f"varnames: {_text(', '.join(code.varnames))}",
+        f"freevars: {_text(', '.join(code.freevars))}  cellvars: {_text(', '.join(code.cellvars))}",
+        # repr: quotes show where a string ends, and repr escapes what is not printable
+        f"strings: {_text(', '.join(repr(s) for s in code.strings))}",
+    ]
+    if not portable:
+        lines.append(f"co_code sha256: {code.code_sha256}  ({code.bytecode_size} bytes)")
+    tokens = ([t for t in similarity.canonical_tokens(code.disassembly) if t not in diff.CROSS_VERSION_LAYOUT]
+              if portable else code.disassembly)
+    lines.append("--- instructions (canonical, version-independent) ---" if portable else "--- instructions ---")
+    lines += [_text(t) for t in tokens]
+    if code.source is not None:
+        lines.append("--- source ---")
+        lines += _text(code.source, keep_newlines=True).expandtabs(4).splitlines()
+    return lines
+
+
+class _HtmlDiff(difflib.HtmlDiff):
+    """HtmlDiff numbers its anchors with a process-wide counter; this one counts per report, so that
+    the same inputs give the same page."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._tables = 0
+
+    def _make_prefix(self):
+        self._prefix = [f"from{self._tables}_", f"to{self._tables}_"]
+        self._tables += 1
+
+
+# -- the heat map ------------------------------------------------------------------------------------------
+def _heatmap(target: UnifiedRepresentation, base: UnifiedRepresentation, model_diff: diff.ModelDiff,
+             weights: similarity.Weights) -> str:
+    """s(t, b) between the code objects the diff names and the base code they relate to (inline SVG).
+
+    Rows: the target's changed code, its added code, then what was pulled in unchanged.  Columns: the
+    base counterparts of the changed (and pulled-in) rows, the base object most similar to each added
+    row, and the removed base code.  The matched pairs then lie on a diagonal, an added object next to
+    its closest base relative, and a removed object that was in truth rewritten shows as a bright cell
+    in an added row."""
+    t_index = {c.function_id: k for k, c in enumerate(target.pr.code)}
+    b_index = {c.function_id: k for k, c in enumerate(base.pr.code)}
+    changed = [c for c in model_diff.changes if c.kind == "changed" and c.pulled_in_by is None]
+    added = [c for c in model_diff.changes if c.kind == "added"]
+    pulled = [c for c in model_diff.changes if c.kind == "changed" and c.pulled_in_by is not None]
+    groups = [[(kind, c.function_id) for c in group if c.function_id in t_index]
+              for kind, group in (("changed", changed), ("added", added), ("pulled in", pulled))]
+    total_rows = sum(len(g) for g in groups)
+    if not total_rows:
+        return '<p class="note">No code object of the target differs from the base: no heat map.</p>'
+    rows = [row for group in _share(groups, MAX_HEATMAP_ROWS) for row in group]
+    shown = {fid for _, fid in rows}
+    matched = {c.function_id: c.base_function_id for c in changed + pulled if c.function_id in shown}
+
+    vocabulary = similarity.Vocabulary()
+    scorer = similarity.PairScorer(similarity.prepare_program(target, vocabulary),
+                                   similarity.prepare_program(base, vocabulary), weights)
+    columns: List[Tuple[str, str]] = []
+    seen = set()
+
+    def column(kind: str, fid: Optional[str]) -> None:
+        if fid is not None and fid in b_index and fid not in seen:
+            seen.add(fid)
+            columns.append((kind, fid))
+
+    for kind, fid in rows:
+        if kind == "changed":
+            column("matched", matched.get(fid))
+    added_rows = [t_index[fid] for kind, fid in rows if kind == "added"]
+    if added_rows and base.pr.code:
+        nearest = scorer.score_matrix(added_rows, range(len(base.pr.code))).argmax(axis=1)
+        for j in nearest.tolist():
+            column("nearest", base.pr.code[j].function_id)
+    for kind, fid in rows:
+        if kind == "pulled in":
+            column("matched", matched.get(fid))
+    related = len(columns)
+    for c in model_diff.changes:
+        if c.kind == "removed":
+            column("removed", c.base_function_id)
+    if not columns:
+        return '<p class="note">The base has no code to compare the differing code with: no heat map.</p>'
+    total_columns = len(columns)
+    columns = columns[:max(MAX_HEATMAP_COLUMNS, related)]
+    matrix = scorer.score_matrix([t_index[fid] for _, fid in rows], [b_index[fid] for _, fid in columns])
+    pair_s = {(c.function_id, c.base_function_id): c.similarity for c in changed + pulled}
+
+    t_code, b_code = target.pr.code, base.pr.code
+    row_labels = [f"t{i + 1} {_short(t_code[t_index[fid]].qualname, LABEL_CHARS)}" for i, (_, fid) in enumerate(rows)]
+    col_labels = [f"b{j + 1} {_short(b_code[b_index[fid]].qualname, LABEL_CHARS)}" for j, (_, fid) in enumerate(columns)]
+    left = 8 + int(_CHAR_WIDTH * max(len(s) for s in row_labels))
+    top = 8 + int(_CHAR_WIDTH * max(len(s) for s in col_labels))
+    # Wide enough for the legend below the cells, however few columns there are.
+    width, height = left + max(_CELL * len(columns) + 8, 420), top + _CELL * len(rows) + 44
+    out = [f'<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="code-object similarity heat map">',
+           '<defs><linearGradient id="zen-scale">'
+           + "".join('<stop offset="{0:.0%}" stop-color="#{1:02x}{2:02x}{3:02x}"/>'.format(v, *_colour(v))
+                     for v in (0.0, 0.5, 1.0))
+           + "</linearGradient></defs>",
+           '<g font-family="monospace" font-size="11">']
+    for i, label in enumerate(row_labels):
+        out.append(f'<text x="{left - 4}" y="{top + _CELL * i + 11}" text-anchor="end">{html.escape(label)}</text>')
+    for j, label in enumerate(col_labels):
+        x = left + _CELL * j + 11
+        out.append(f'<text transform="translate({x},{top - 4}) rotate(-90)">{html.escape(label)}</text>')
+    out.append("</g>")
+    for i, (row_kind, t_fid) in enumerate(rows):
+        for j, (col_kind, b_fid) in enumerate(columns):
+            is_pair = matched.get(t_fid) == b_fid
+            value = float(matrix[i, j])
+            if is_pair and pair_s.get((t_fid, b_fid)) is not None:
+                value = float(pair_s[(t_fid, b_fid)])  # the matching's own figure, as in the change table
+            r, g, b = _colour(value)
+            stroke = ' stroke="#d62728" stroke-width="2"' if is_pair else ""
+            tip = f"t{i + 1} ({row_kind}) {_text(t_fid)}\n× b{j + 1} ({col_kind}) {_text(b_fid)}\ns = {value:.4f}"
+            if is_pair:
+                tip += " (matched pair)"
+            out.append(f'<rect x="{left + _CELL * j}" y="{top + _CELL * i}" width="{_CELL - 1}" height="{_CELL - 1}" '
+                       f'fill="#{r:02x}{g:02x}{b:02x}"{stroke}><title>{html.escape(tip)}</title></rect>')
+    legend_y = top + _CELL * len(rows) + 12
+    out.append(f'<rect x="{left}" y="{legend_y}" width="150" height="10" fill="url(#zen-scale)" stroke="#888"/>')
+    out.append(f'<g font-family="sans-serif" font-size="10"><text x="{left}" y="{legend_y + 22}">0</text>'
+               f'<text x="{left + 90}" y="{legend_y + 22}">{similarity.MIN_MATCH}</text>'
+               f'<text x="{left + 146}" y="{legend_y + 22}">1</text>'
+               f'<text x="{left + 160}" y="{legend_y + 9}">s(t, b); red outline: pair matched by Ω</text></g>')
+    out.append("</svg>")
+    notes = []
+    if total_rows > len(rows):
+        notes.append(f"{len(rows)} of {total_rows} rows are shown: the first of each kind, shared out evenly")
+    if total_columns > len(columns):
+        notes.append(f"{len(columns)} of {total_columns} columns are shown: the removed code is cut short")
+    key = ['<details class="key"><summary>Row and column key</summary><table class="data" id="heatmap-key">'
+           "<tr><th>#</th><th>kind</th><th>function ID</th></tr>"]
+    for prefix, entries in (("t", rows), ("b", columns)):
+        key += [f'<tr><td>{prefix}{k + 1}</td><td>{_e(kind)}</td><td class="id">{_e(fid)}</td></tr>'
+                for k, (kind, fid) in enumerate(entries)]
+    key.append("</table></details>")
+    return ("".join(f'<p class="note">{_e(n.capitalize())}.</p>' for n in notes)
+            + '<div class="scroll">' + "\n".join(out) + "</div>" + "".join(key))
+
+
+def _share(groups: List[List[Any]], budget: int) -> List[List[Any]]:
+    """The first items of each group, at most ``budget`` in all, shared out evenly: a group that needs
+    less than its share leaves the rest to the others (so a model with hundreds of changes still
+    shows some of its added code)."""
+    quota = [0] * len(groups)
+    left = budget
+    while left > 0:
+        open_groups = [k for k, g in enumerate(groups) if quota[k] < len(g)]
+        if not open_groups:
+            break
+        share = max(1, left // len(open_groups))
+        for k in open_groups:
+            take = min(share, len(groups[k]) - quota[k], left)
+            quota[k] += take
+            left -= take
+    return [g[:q] for g, q in zip(groups, quota)]
+
+
+# -- sections ----------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:sans-serif;font-size:14px;margin:1.5em;color:#111;max-width:1400px}
+h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}h3{font-size:1.05em;margin-top:1.5em}
+table.data,table.kv{border-collapse:collapse;margin:.5em 0}
+table.data td,table.data th,table.kv td,table.kv th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
+table.data th,table.kv th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.id,code,pre{font-family:monospace;word-break:break-all}
+pre{background:#f7f7f7;border:1px solid #ddd;padding:6px;white-space:pre-wrap;font-size:12px}
+.note{color:#444;font-style:italic}
+.warn{color:#8a4b00}
+.scroll{overflow-x:auto}
+tr.winner td{font-weight:bold}
+table.diff{font-family:monospace;font-size:12px;border:1px solid #ccc;margin:.5em 0}
+table.diff td{padding:0 4px;vertical-align:top}
+.diff_header{background:#e0e0e0}
+td.diff_header{color:#555;text-align:right}
+.diff_next{background:#c0c0c0}
+.diff_add{background:#aaffaa}.diff_chg{background:#ffff77}.diff_sub{background:#ffaaaa}
+"""
+
+
+def _kv(pairs: Iterable[Tuple[str, Any]]) -> str:
+    return '<table class="kv">' + "".join(
+        f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs) + "</table>"
+
+
+def _list(items: Sequence[Any], css: str = "") -> str:
+    if not items:
+        return '<p class="note">None.</p>'
+    cls = f' class="{css}"' if css else ""
+    return f"<ul{cls}>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+
+
+def _value_text(encoded: Any) -> str:
+    """A class attribute in the tagged form of representation.model.encode_value, as a Python literal."""
+    try:
+        tag = encoded["t"]
+        if tag in ("None", "Ellipsis"):
+            return tag
+        if tag in ("int", "bool"):
+            return str(encoded["v"])
+        if tag == "float":
+            return repr(float.fromhex(encoded["v"]))
+        if tag == "str":
+            return repr(encoded["v"])
+        if tag == "bytes":
+            return repr(bytes.fromhex(encoded["v"]))
+        if tag == "complex":
+            return repr(complex(float.fromhex(encoded["re"]), float.fromhex(encoded["im"])))
+        if tag in ("tuple", "list", "frozenset"):
+            inner = ", ".join(_value_text(v) for v in encoded["v"])
+            return {"tuple": f"({inner}{',' if len(encoded['v']) == 1 else ''})", "list": f"[{inner}]",
+                    "frozenset": f"frozenset({{{inner}}})"}[tag]
+        if tag == "dict":
+            return "{" + ", ".join(f"{k!r}: {_value_text(v)}" for k, v in encoded["v"]) + "}"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return json.dumps(encoded, sort_keys=True, default=str)
+
+
+def _attribution_table(result: attribution.Attribution) -> str:
+    out = ['<table class="data" id="attribution"><tr><th>rank</th><th>base</th><th>MR</th><th>PR</th><th>UR</th>'
+           "<th>candidate</th><th>exact matches</th><th>matched</th><th>added (Δ)</th><th>removed</th></tr>"]
+    for s in result.scores:
+        d = s.details
+        counts = "".join(f'<td class="num">{int(d[k]) if k in d else ""}</td>' for k in ("pr.matched", "pr.delta", "pr.removed"))
+        row = ' class="winner"' if s.base == result.winner else ""
+        out.append(f'<tr{row}><td class="num">{s.rank}</td>'
+                   f"<td>{_e(s.base)}</td>"
+                   + "".join(f'<td class="num"{_fill(v)}>{_score(v)}</td>' for v in (s.mr, s.pr, s.ur))
+                   + f"<td>{'yes' if s.candidate else 'no'}</td><td class=\"num\">{s.exact_matches}</td>{counts}</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _classes_section(model_diff: diff.ModelDiff) -> str:
+    out = [f"<h3>Added classes ({len(model_diff.added_classes)})</h3>"]
+    if not model_diff.added_classes:
+        out.append('<p class="note">None.</p>')
+    for k, cls in enumerate(model_diff.added_classes):
+        methods = "".join(f"<tr><td><code>{_e(name)}</code></td><td class=\"id\">{_e(fid)}</td></tr>"
+                          for name, fid in sorted(cls.methods.items()))
+        attributes = "".join(f"<tr><td><code>{_e(name)}</code></td>"
+                             f"<td><code>{_e(_short(_value_text(v), VALUE_CHARS))}</code></td></tr>"
+                             for name, v in sorted(cls.attributes.items()))
+        out.append(f'<div class="added-class" id="class-{k}"><h4 class="id">{_e(cls.key)}</h4>'
+                   + _kv([("name", _e(cls.name)), ("qualname", _e(cls.qualname)), ("module", _e(cls.module)),
+                          ("bases", "<br>".join(_e(b) for b in cls.bases) or "-")])
+                   + (f'<table class="data"><tr><th>method</th><th>function ID</th></tr>{methods}</table>' if methods
+                      else '<p class="note">No methods.</p>')
+                   + (f'<table class="data"><tr><th>class attribute</th><th>value</th></tr>{attributes}</table>'
+                      if attributes else '<p class="note">No simple class attributes.</p>')
+                   + "</div>")
+    out.append(f"<h3>Renamed classes ({len(model_diff.renamed_classes)})</h3>")
+    if model_diff.renamed_classes:
+        out.append('<table class="data"><tr><th>target class</th><th>base class</th></tr>'
+                   + "".join(f'<tr><td class="id">{_e(k)}</td><td class="id">{_e(v)}</td></tr>'
+                             for k, v in sorted(model_diff.renamed_classes.items())) + "</table>")
+    else:
+        out.append('<p class="note">None.</p>')
+    out.append(f"<h3>Removed classes ({len(model_diff.removed_classes)})</h3>" + _list(model_diff.removed_classes, "id"))
+    out.append(f"<h3>Changed classes ({len(model_diff.class_changes)})</h3>")
+    if model_diff.class_changes:
+        out.append('<table class="data"><tr><th>class</th><th>base class</th><th>bases added</th><th>bases removed</th>'
+                   "<th>methods added</th><th>methods removed</th></tr>")
+        for c in model_diff.class_changes:
+            cells = [c.key, c.base_key] + [", ".join(v) for v in (c.bases_added, c.bases_removed, c.methods_added,
+                                                                  c.methods_removed)]
+            out.append("<tr>" + "".join(f'<td class="id">{_e(v)}</td>' for v in cells) + "</tr>")
+        out.append("</table>")
+    else:
+        out.append('<p class="note">None.</p>')
+    out.append(f"<h3>Added functions outside added classes ({len(model_diff.added_functions)})</h3>"
+               + _list(model_diff.added_functions, "id"))
+    return "".join(out)
+
+
+def _layers_section(model_diff: diff.ModelDiff, target: UnifiedRepresentation, base: UnifiedRepresentation) -> str:
+    if target.mr is None or base.mr is None:
+        return '<p class="note">The target or the base has no MR (a plain-Python model): no layers to compare.</p>'
+    if not model_diff.layer_changes:
+        return '<p class="note">No layer differs.</p>'
+    out = ['<table class="data"><tr><th>kind</th><th>path</th><th>class</th><th>base class</th><th>differs in</th>'
+           "<th>elements</th></tr>"]
+    for c in model_diff.layer_changes:
+        out.append(f"<tr><td>{_e(c.kind)}</td><td class=\"id\">{_e(c.path or '(root)')}</td>"
+                   f"<td class=\"id\">{_e(c.class_key or '')}</td><td class=\"id\">{_e(c.base_class_key or '')}</td>"
+                   f"<td>{_e(', '.join(c.fields))}</td><td class=\"num\">{c.elements}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _changes_table(model_diff: diff.ModelDiff, anchors: Dict[int, str]) -> str:
+    if not model_diff.changes:
+        return '<p class="note">No code object differs.</p>'
+    out = ['<table class="data" id="changes"><tr><th>kind</th><th>function (target)</th><th>base function</th>'
+           "<th>class</th><th>size</th><th>s(t, b)</th><th>differs in / detail</th></tr>"]
+    for k, c in enumerate(model_diff.changes):
+        detail = ", ".join(c.fields) if c.fields else (f"pulled in with {c.pulled_in_by}" if c.pulled_in_by else "")
+        name = _e(c.function_id or "")
+        if k in anchors:
+            name = f'<a href="#{anchors[k]}">{name}</a>'
+        out.append(f"<tr><td>{_e(c.kind)}</td><td class=\"id\">{name}</td><td class=\"id\">{_e(c.base_function_id or '')}</td>"
+                   f"<td class=\"id\">{_e(c.class_key or '')}</td><td class=\"num\">{c.size}</td>"
+                   f'<td class="num"{_fill(c.similarity)}>{_score(c.similarity)}</td><td>{_e(detail)}</td></tr>')
+    out.append("</table>")
+    return "".join(out)
+
+
+# -- the page ----------------------------------------------------------------------------------------------
+def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, result: attribution.Attribution,
+                model_diff: diff.ModelDiff, *, image: Optional[str] = None, bundle: Optional[str] = None,
+                warnings: Sequence[str] = (), weights: similarity.Weights = similarity.DEFAULT_WEIGHTS) -> str:
+    """The report of one model root as one HTML document (a str; encode as UTF-8).
+
+    ``target`` is the recovered model's UR (its provenance gives PID, process, root and root class),
+    ``base`` the winning base's UR, ``result`` the attribution against the library and ``model_diff``
+    the diff against ``base``.  ``image`` names the memory image, ``bundle`` the patch bundle written
+    next to the report, ``warnings`` what the caller adds (such as why no bundle was written).
+    """
+    prov = target.provenance
+    root = prov.get("root")
+    pid = prov.get("pid")
+    root_class = model_diff.target_root_class or prov.get("root_class") or ""
+    winner = result.scores[0] if result.scores else None
+    same_version = target.python_version == base.python_version
+    root_text = hex(root) if isinstance(root, int) else str(root or "?")
+    title = f"volatility3-zen forensic report: PID {pid if pid is not None else '?'} root {root_text} ({root_class})"
+
+    counts = model_diff.counts()
+    summary = _kv([
+        ("image", _e(image or prov.get("image") or "(not given)")),
+        ("process", _e(prov.get("process", ""))),
+        ("PID", _e(pid if pid is not None else "?")),
+        ("root", f"<code>{_e(root_text)}</code>"),
+        ("root class", f"<code>{_e(root_class)}</code>"),
+        ("CPython of the image", _e(f"{prov.get('python') or target.python_version}")),
+        ("torch", _e(prov.get("torch") or "-")),
+        ("winning base", f"<b>{_e(result.winner)}</b> (CPython {_e(base.python_version)}; "
+                         f"from {_e(base.provenance.get('source') or 'unknown')})"),
+        ("UR / MR / PR", " / ".join(_score(v) for v in ((winner.ur, winner.mr, winner.pr) if winner else (None,) * 3))),
+        ("margin over the next base", _score(result.margin)),
+        ("code changed / added / removed",
+         f"{counts['changed'] - counts['pulled_in']} / {counts['added']} / {counts['removed']} "
+         f"(+{counts['pulled_in']} pulled in unchanged)"),
+        ("classes added / removed / renamed", f"{counts['added_classes']} / {counts['removed_classes']} / "
+                                              f"{len(model_diff.renamed_classes)}"),
+        ("layers added / removed / changed", f"{counts['layers_added']} / {counts['layers_removed']} / "
+                                             f"{counts['layers_changed']}"),
+        ("target UR sha256", f"<code>{hashlib.sha256(target.dumps().encode()).hexdigest()}</code> (ur.json of the bundle)"),
+        ("base fingerprint sha256", f"<code>{hashlib.sha256(base.dumps().encode()).hexdigest()}</code>"),
+        ("patch bundle", _e(bundle or "not written")),
+        ("producer", _e(f"volatility3-zen {__version__} on Python {sys.version.split()[0]}")),
+    ])
+    all_warnings = list(result.notes) + list(model_diff.warnings) + list(warnings)
+
+    # The side-by-side diffs: every changed code object that changed itself (pulled-in ones are
+    # identical to their counterpart by definition).
+    t_code = {c.function_id: c for c in target.pr.code}
+    b_code = {c.function_id: c for c in base.pr.code}
+    differ = _HtmlDiff(tabsize=4, wrapcolumn=100)
+    anchors: Dict[int, str] = {}
+    diffs, added = [], []
+    for k, c in enumerate(model_diff.changes):
+        if c.kind == "changed" and c.pulled_in_by is None and c.function_id in t_code and c.base_function_id in b_code:
+            anchors[k] = f"diff-{k}"
+            left = code_text(b_code[c.base_function_id], portable=not same_version)
+            right = code_text(t_code[c.function_id], portable=not same_version)
+            context = max(len(left), len(right)) > FULL_DIFF_LINES
+            diffs.append(
+                f'<div class="change" id="diff-{k}"><h3 class="id">{_e(c.function_id)}</h3>'
+                f"<p>against base <code>{_e(c.base_function_id)}</code>; s(t, b) = {_score(c.similarity)}; "
+                f"differs in: {_e(', '.join(c.fields))}; about {c.size} bytes of bytecode"
+                + (f"; context view, {CONTEXT_LINES} lines around each difference" if context else "") + "</p>"
+                + '<div class="scroll">'
+                + differ.make_table(left, right, _e(f"base {result.winner}"), _e("target"), context=context,
+                                    numlines=CONTEXT_LINES)
+                + "</div></div>")
+        elif c.kind == "added" and c.function_id in t_code:
+            anchors[k] = f"added-{k}"
+            added.append(f'<div class="added-code" id="added-{k}"><h3 class="id">{_e(c.function_id)}</h3>'
+                         f"<pre>{html.escape(chr(10).join(code_text(t_code[c.function_id])))}</pre></div>")
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="generator" content="volatility3-zen">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        '<section id="summary"><h2>Summary</h2>', summary,
+        "<h3>Warnings and notes</h3>", _list(all_warnings, "warn"), "</section>",
+        '<section id="scores"><h2>Attribution</h2>',
+        '<p class="note">UR = 0.5·MR + 0.5·PR (PR alone without an MR); only candidates (bases that share '
+        "enough byte-identical code, docs/attribution.md) can win. Cells are shaded by score.</p>",
+        _attribution_table(result), "</section>",
+        '<section id="heatmap"><h2>Code-object similarity</h2>',
+        f'<p class="note">s(t, b) between the target\'s code objects that the diff lists (rows t: changed, then '
+        f"added, then pulled in unchanged) and the base {_e(result.winner)}'s code they relate to (columns b: the "
+        "matched counterpart of each changed row, the base object most similar to each added row, then the "
+        "removed base code). Matched pairs are outlined in red. An added row with a bright cell in a removed "
+        f"column is code that was probably rewritten rather than new. At most {MAX_HEATMAP_ROWS} rows (shared "
+        f"among the three kinds) and {MAX_HEATMAP_COLUMNS} columns are drawn; hover over a cell for its function "
+        "IDs and value.</p>",
+        _heatmap(target, base, model_diff, weights), "</section>",
+        '<section id="classes"><h2>Classes and functions</h2>', _classes_section(model_diff), "</section>",
+        '<section id="layers"><h2>Layers</h2>', _layers_section(model_diff, target, base), "</section>",
+        f'<section id="code"><h2>Code objects ({len(model_diff.changes)})</h2>', _changes_table(model_diff, anchors),
+        "</section>",
+        f'<section id="diffs"><h2>Changed code against the base ({len(diffs)})</h2>',
+        '<p class="note">Left: the base; right: the target. Each side lists the code object\'s attributes, then '
+        "one instruction per line (normalised disassembly: constants and names, no offsets or jump targets)"
+        + ("" if same_version else ", here in the version-independent form the cross-version diff compares, "
+                                   f"since the target runs CPython {_e(target.python_version)} and the base "
+                                   f"{_e(base.python_version)}")
+        + ", then the decompiled source where the representation has one. Pulled-in code is identical to its "
+        "counterpart and is not shown.</p>",
+        "".join(diffs) or '<p class="note">None.</p>', "</section>",
+        f'<section id="added"><h2>Added code ({len(added)})</h2>', "".join(added) or '<p class="note">None.</p>',
+        "</section>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
