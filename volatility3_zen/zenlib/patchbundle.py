@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from .analysis import attribution as attribution_mod
+from .analysis import code_index
+from .bundleformat import BUNDLE_FORMAT, BUNDLE_SCHEMA_VERSION, BUNDLE_SUFFIX, MANIFEST, read_members, verify  # noqa: F401
 from .analysis.diff import ModelDiff
 from .cpython import disassemble, marshal_writer
 from .cpython.objects import DECODE_ERRORS
@@ -25,13 +27,9 @@ from .cpython.recover import PythonProcess
 from .errors import ZenError
 from .fingerprint import version_of
 from .representation.model import encode_value
-from .representation.program import CodeObject, encode_const
+from .representation.program import CodeObject, encode_const, nested_code
 from .representation.unified import CodeFeature, UnifiedRepresentation
 
-BUNDLE_FORMAT = "zen-patch-bundle"
-BUNDLE_SCHEMA_VERSION = 1
-BUNDLE_SUFFIX = ".zenpatch.zip"
-MANIFEST = "manifest.json"
 # Fixed zip timestamps: the same model and base give the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _VALUE_DEPTH = 8  # how deep a class attribute's containers are decoded
@@ -75,12 +73,15 @@ def build(pid: int, python: PythonProcess, target: UnifiedRepresentation, base: 
     members = bundle.members
     version = version_of(python)
     code = _CodeMembers(python, version, bundle.warnings)
-    members["code.json"] = _json(code.add_all(target, model_diff))
-    members.update(code.files)
+    code_index = code.add_all(target, model_diff)
     members["classes.json"] = _json(_classes(python, target, model_diff, bundle.warnings))
 
-    torch_version, context = _torch_parts(python, root, target, members, bundle.warnings)
+    torch_version, context, parts = _torch_parts(python, root, target, members, bundle.warnings)
     members["context.json"] = _json(context)
+    if parts is not None or target.mr is None:  # plain-Python models have an object state too
+        _object_state(python, parts, root, target, base, model_diff, code, members, bundle.warnings)
+    members["code.json"] = _json(code_index)
+    members.update(code.files)
     members["diff.json"] = _json(model_diff.to_json())
     members["attribution.json"] = _json(attribution_mod.to_json(result))
     members["ur.json"] = target.dumps().encode()
@@ -116,6 +117,9 @@ class _CodeMembers:
         self.warnings = warnings
         self.files: Dict[str, bytes] = {}
         self._read: Dict[int, CodeObject] = {}
+        self.entries: List[Dict[str, Any]] = []
+        self.skipped: List[Dict[str, Any]] = []
+        self.by_address: Dict[int, str] = {}  # code address -> function_id of a shipped entry
 
     def resolve(self, address: int) -> CodeObject:
         # Nested code is read from the image like its parent; marshal embeds it in the parent's consts.
@@ -124,33 +128,62 @@ class _CodeMembers:
         return self._read[address]
 
     def add_all(self, target: UnifiedRepresentation, model_diff: ModelDiff) -> Dict[str, Any]:
+        """code.json (its lists keep growing as ``carry`` adds code the rebuild needs)."""
         features = {c.function_id: c for c in target.pr.code}
-        entries, skipped = [], [{"function_id": fid, "reason": "not read from memory"} for fid in model_diff.skipped]
+        self.skipped.extend({"function_id": fid, "reason": "not read from memory"} for fid in model_diff.skipped)
         for change in model_diff.changes:
             if change.kind == "removed":
                 continue
             feature = features[change.function_id]
             try:
                 code = self._checked(feature)
-                data = marshal_writer.dumps_code(code, self.resolve, self.version)
             except DECODE_ERRORS as exc:
-                self.warnings.append(f"{feature.function_id}: code object at 0x{feature.address:x} not dumped ({exc})")
-                skipped.append({"function_id": feature.function_id, "reason": str(exc)})
+                self._skip(feature.function_id, feature.address, exc)
                 continue
-            stem = f"code/{len(entries)}"
-            self.files[stem + ".marshal"] = data
-            self.files[stem + ".txt"] = self._text(feature, code).encode("utf-8", "surrogateescape")
-            entries.append({
-                "function_id": feature.function_id, "module": feature.module, "qualname": feature.qualname,
-                "owner_class": feature.owner_class, "kind": change.kind, "code_kind": feature.kind,
-                "base_function_id": change.base_function_id, "differs_in": change.fields,
-                "pulled_in_by": change.pulled_in_by, "similarity": change.similarity, "size": change.size,
-                "address": feature.address, "nested": feature.nested,
-                "attributes": _attributes(code),
-                "marshal": stem + ".marshal", "text": stem + ".txt",
-            })
-        return {"python_version": target.python_version, "marshal_version": 4, "code_objects": entries,
-                "skipped": skipped}
+            self._add(code, feature.address, feature, {
+                "kind": change.kind, "base_function_id": change.base_function_id, "differs_in": change.fields,
+                "pulled_in_by": change.pulled_in_by, "similarity": change.similarity, "size": change.size})
+        return {"python_version": target.python_version, "marshal_version": 4, "code_objects": self.entries,
+                "skipped": self.skipped}
+
+    def carry(self, address: int, feature: Optional[CodeFeature], module: Optional[str], reason: str) -> Optional[str]:
+        """Ships unchanged code the rebuild needs (a method of a class the base lacks under this name);
+        returns its function_id, or None when it cannot be read."""
+        if address in self.by_address:
+            return self.by_address[address]
+        try:
+            code = self._checked(feature) if feature else self.resolve(address)
+        except DECODE_ERRORS as exc:
+            self._skip(feature.function_id if feature else f"code at 0x{address:x}", address, exc)
+            return None
+        return self._add(code, address, feature, {"kind": "carried", "base_function_id": None, "differs_in": [],
+                                                  "pulled_in_by": reason, "similarity": None, "size": 0},
+                         module=module)
+
+    def _skip(self, function_id: str, address: int, exc: Exception) -> None:
+        self.warnings.append(f"{function_id}: code object at 0x{address:x} not dumped ({exc})")
+        self.skipped.append({"function_id": function_id, "reason": str(exc)})
+
+    def _add(self, code: CodeObject, address: int, feature: Optional[CodeFeature], change: Dict[str, Any],
+             module: Optional[str] = None) -> Optional[str]:
+        try:
+            data = marshal_writer.dumps_code(code, self.resolve, self.version)
+        except DECODE_ERRORS as exc:
+            self._skip(feature.function_id if feature else code.qualname, address, exc)
+            return None
+        function_id = feature.function_id if feature else code_index.function_id(module, code.qualname, code)
+        stem = f"code/{len(self.entries)}"
+        self.files[stem + ".marshal"] = data
+        self.files[stem + ".txt"] = self._text(function_id, feature, code).encode("utf-8", "surrogateescape")
+        self.entries.append({
+            "function_id": function_id, "module": feature.module if feature else module,
+            "qualname": code.qualname, "owner_class": feature.owner_class if feature else None,
+            "code_kind": feature.kind if feature else "method", **change,
+            "address": address, "nested": feature.nested if feature else [],
+            "attributes": _attributes(code), "marshal": stem + ".marshal", "text": stem + ".txt",
+        })
+        self.by_address[address] = function_id
+        return function_id
 
     def _checked(self, feature: CodeFeature) -> CodeObject:
         code = self.resolve(feature.address)
@@ -158,10 +191,10 @@ class _CodeMembers:
             raise ZenError("the code object at its address is not the one fingerprinted")
         return code
 
-    def _text(self, feature: CodeFeature, code: CodeObject) -> str:
-        header = f"# {feature.function_id}\n# {code.filename}:{code.firstlineno}, CPython {'.'.join(map(str, self.version))}\n"
+    def _text(self, function_id: str, feature: Optional[CodeFeature], code: CodeObject) -> str:
+        header = f"# {function_id}\n# {code.filename}:{code.firstlineno}, CPython {'.'.join(map(str, self.version))}\n"
         try:
-            text = feature.source or disassemble.decompile(code, self.resolve, self.version)
+            text = (feature.source if feature else None) or disassemble.decompile(code, self.resolve, self.version)
             return header + (text if text is not None else disassemble.disassemble(code, self.resolve, self.version))
         except Exception as exc:  # noqa: BLE001 -- xdis asserts on garbled bytecode, decompilers raise anything
             return header + f"# no source or disassembly: {type(exc).__name__}: {exc}\n"
@@ -242,8 +275,9 @@ def _simple_value(python: PythonProcess, obj: int, depth: int) -> Optional[dict]
 
 # -- weights, model description, execution context ----------------------------------------------------
 def _torch_parts(python: PythonProcess, root: int, target: UnifiedRepresentation, members: Dict[str, bytes],
-                 warnings: List[str]) -> Tuple[Optional[str], Dict[str, Any]]:
-    """weights.safetensors and model.json for an nn.Module root; (torch version, context.json)."""
+                 warnings: List[str]) -> Tuple[Optional[str], Dict[str, Any], Optional[tuple]]:
+    """weights.safetensors and model.json for an nn.Module root; (torch version, context.json,
+    (TorchProcess, ModelRepresentation) for the object state, or None)."""
     from .torch import export
     from .torch.model import TorchProcess
 
@@ -252,19 +286,19 @@ def _torch_parts(python: PythonProcess, root: int, target: UnifiedRepresentation
                "model_packages": list(target.provenance.get("model_packages", []))}
     if target.mr is None:
         context["note"] = "a plain-Python model: no torch, no weights"
-        return None, context
+        return None, context, None
     try:
         torch_process = TorchProcess(python)
         model = next(iter(torch_process.models(read_bytes=True, addresses={root})), None)
     except DECODE_ERRORS as exc:
         warnings.append(f"model at 0x{root:x}: weights not exported ({exc})")
-        return target.provenance.get("torch"), context
+        return target.provenance.get("torch"), context, None
     execution = torch_process.execution_context()
     context.update(torch_version=execution.torch_version, packages=dict(execution.packages),
                    requirements=execution.requirements(), native_libraries=list(execution.native_libraries))
     if model is None:
         warnings.append(f"model at 0x{root:x}: no nn.Module there any more; weights not exported")
-        return execution.torch_version, context
+        return execution.torch_version, context, None
     members["model.json"] = _json(model.to_json(execution))
     # A tensor whose bytes could not be read (its read left a warning) is left out, not the whole file.
     unreadable = [t.name for t in model.tensors if t.warning]
@@ -275,26 +309,170 @@ def _torch_parts(python: PythonProcess, root: int, target: UnifiedRepresentation
         members["weights.safetensors"] = export.safetensors_bytes(readable, torch_process.tensors.read_bytes)
     except DECODE_ERRORS as exc:
         warnings.append(f"model at 0x{root:x}: weights not exported ({exc})")
-    return execution.torch_version, context
+        return execution.torch_version, context, None
+    return execution.torch_version, context, (torch_process, readable)
 
 
-def verify(members: Dict[str, bytes]) -> List[str]:
-    """Problems of a bundle's members against its manifest (empty when it is intact)."""
-    manifest = json.loads(members[MANIFEST])
-    problems = []
-    if manifest.get("format") != BUNDLE_FORMAT:
-        problems.append(f"not a patch bundle (format {manifest.get('format')!r})")
-    listed = manifest.get("members", {})
-    for name in sorted(set(members) - {MANIFEST} | set(listed)):
-        if name not in members:
-            problems.append(f"{name}: listed but missing")
-        elif name not in listed:
-            problems.append(f"{name}: not in the manifest")
-        elif hashlib.sha256(members[name]).hexdigest() != listed[name]["sha256"]:
-            problems.append(f"{name}: sha256 differs")
-    return problems
+# -- the object state (objects.json, state.safetensors) ---------------------------------------------
+def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, target: UnifiedRepresentation, base: UnifiedRepresentation,
+                  model_diff: ModelDiff,
+                  code: "_CodeMembers", members: Dict[str, bytes], warnings: List[str]) -> None:
+    """objects.json: the model's object graph, the classes and functions to inject (with the module
+    globals their code reads) and the functions to patch; state.safetensors: the tensors that are not
+    in the state_dict.  Unchanged methods of the classes to inject are shipped as ``carried`` code."""
+    from .torch import export
+    from .torch.state import OBJECTS_SCHEMA_VERSION, StateReader, referenced_classes
+
+    torch_process, model = parts if parts else (None, None)
+    weight_names: Dict[int, str] = {}
+    for t in model.state_dict_tensors() if model else ():
+        weight_names.setdefault(t.info.address, t.name)
+    reader = StateReader(python, torch_process, weight_names)
+    features_by_address = {c.address: c for c in target.pr.code if c.address}
+    classes = {c.key: c for c in target.pr.classes}
+    inject_keys = [c.key for c in model_diff.added_classes] + sorted(model_diff.renamed_classes)
+    local_modules = {classes[k].module for k in inject_keys if k in classes}
+    added = {c.function_id: c for c in target.pr.code if c.function_id in set(model_diff.added_functions)}
+    local_modules |= {f.module for f in added.values()}
+    # Modules of injected classes that the base has too (an added class in a base module) stay the base's.
+    local_modules -= {c.module for c in base.pr.classes}
+    reader.local_modules = set(local_modules)
+    try:
+        root_ref = reader.encode(root, "")
+    except DECODE_ERRORS as exc:
+        warnings.append(f"model at 0x{root:x}: object state unreadable ({exc}); the bundle cannot rebuild it")
+        return
+
+    def shipped(entry: Dict[str, Any], reason: str) -> None:
+        """Replaces the entry's code address by the function_id of shipped code (carried if need be)."""
+        address = entry.pop("code")
+        entry["function_id"] = code.carry(address, features_by_address.get(address), entry.get("module"), reason)
+        for slot in ("fset", "fdel"):
+            if slot in entry:
+                shipped(entry[slot], reason)
+
+    class_entries: Dict[int, Dict[str, Any]] = {}
+    pending = [classes[k].address for k in inject_keys if k in classes and classes[k].address]
+    while pending:
+        for address in pending:
+            if address in class_entries:
+                continue
+            try:
+                entry = reader.class_entry(address)
+            except DECODE_ERRORS as exc:
+                warnings.append(f"class at 0x{address:x}: namespace unreadable ({exc}); not injected")
+                class_entries[address] = None
+                continue
+            for method in entry["methods"].values():
+                shipped(method, f"{entry['module']}.{entry['qualname']}")
+            class_entries[address] = entry
+        pending = [a for a in referenced_classes(reader, local_modules) if a not in class_entries]
+
+    functions, patched = [], []
+    for change in model_diff.changes:
+        feature = next((f for f in target.pr.code if f.function_id == change.function_id), None)
+        if change.kind not in ("changed", "added") or feature is None or feature.kind in ("nested", "lambda", "comprehension", "class-body"):
+            continue
+        located = _function_object(reader, feature, classes)
+        if located is None:
+            continue
+        func_addr, wrapper, owner_addr, attr = located
+        if owner_addr in class_entries:
+            continue  # injected with its class
+        if not owner_addr and change.kind == "added":
+            reader.inline_functions.add(func_addr)
+            functions.append({"module": feature.module, "attr": attr, "value": reader.encode(func_addr, attr)})
+            continue
+        entry = reader.function_entry(func_addr, wrapper, owner_addr)
+        shipped(entry, feature.function_id)
+        entry["attr"] = attr
+        if owner_addr:
+            entry["owner"] = reader.class_ref(owner_addr)
+        patched.append(entry)
+
+    # Module globals the shipped code reads (co_names of it and its nested code, that the module defines).
+    names_by_module: Dict[str, set] = {}
+    for entry in code.entries:
+        module = entry["module"]
+        if module:
+            names = names_by_module.setdefault(module, set())
+            pending_code = [entry["address"]]
+            while pending_code:
+                co = code.resolve(pending_code.pop())
+                names.update(co.names)
+                pending_code.extend(nested_code(co.consts))
+    module_globals = {}
+    for module, names in sorted(names_by_module.items()):
+        try:
+            module_globals[module] = reader.module_globals(module, names)
+        except DECODE_ERRORS as exc:
+            warnings.append(f"module {module}: globals unreadable ({exc})")
+    # Globals can name more local classes (a helper class of the derivative's module): inject those too.
+    for address in referenced_classes(reader, local_modules):
+        if address not in class_entries:
+            try:
+                entry = reader.class_entry(address)
+                for method in entry["methods"].values():
+                    shipped(method, f"{entry['module']}.{entry['qualname']}")
+                class_entries[address] = entry
+            except DECODE_ERRORS as exc:
+                warnings.append(f"class at 0x{address:x}: namespace unreadable ({exc}); not injected")
+
+    # Functions described in full (made by calls: decorators' wrappers, dataclass methods) need code too.
+    for entry in list(reader.objects.values()):
+        if entry.get("kind") == "function" and "code" in entry:
+            shipped(entry, entry.get("path") or "a function in the object state")
+
+    document = {
+        "format": "zen-object-state", "schema": OBJECTS_SCHEMA_VERSION, "root": root_ref,
+        "objects": reader.objects, "classes": _bases_first([e for e in class_entries.values() if e]),
+        "functions": functions, "patched": patched, "globals": module_globals,
+        "local_modules": sorted(m for m in local_modules if m), "warnings": list(reader.warnings),
+    }
+    warnings.extend(reader.warnings)
+    members["objects.json"] = _json(document)
+    if reader.tensor_table and torch_process is not None:
+        members["state.safetensors"] = export.safetensors_of(reader.tensor_table, torch_process.tensors.read_bytes,
+                                                             {"content": "tensors outside the state_dict"})
 
 
-def read_members(path_or_handle) -> Dict[str, bytes]:
-    with zipfile.ZipFile(path_or_handle) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
+def _function_object(reader, feature: CodeFeature, classes: Dict[str, Any]) -> Optional[Tuple[int, str, int, str]]:
+    """(function address, wrapper kind, owning class address or 0, attribute name) of the function
+    object whose code is the feature's: looked up in its class's namespace or its module's globals."""
+    py, o = reader.py, reader.o
+    owner = classes.get(feature.owner_class) if feature.owner_class else None
+    try:
+        if owner and owner.address:
+            namespace = o.str_dict(o.u64(owner.address + o.off_tp_dict))
+            scope = owner.address
+        else:
+            module_addr = py.heap.modules().get(feature.module)
+            if not module_addr:
+                return None
+            namespace = o.str_dict(o.u64(module_addr + o.off_md_dict))
+            scope = 0
+        for attr, value in namespace.items():
+            func = py.method_function(value)
+            if func and o.u64(func + py._f["func_code"]) == feature.address:
+                return func, o.base_kind(value), scope, attr
+    except DECODE_ERRORS:
+        return None
+    return None
+
+
+def _bases_first(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Classes ordered so that each comes after the injected classes it derives from."""
+    by_key = {(e["module"], e["qualname"]): e for e in entries}
+    ordered, done = [], set()
+
+    def visit(key, trail=()):
+        if key in done or key not in by_key or key in trail:
+            return
+        for base in by_key[key]["bases"]:
+            visit((base["module"], base["qualname"]), trail + (key,))
+        done.add(key)
+        ordered.append(by_key[key])
+
+    for key in sorted(by_key, key=lambda k: (k[0] or "", k[1])):
+        visit(key)
+    return ordered

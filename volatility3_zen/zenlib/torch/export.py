@@ -2,9 +2,9 @@
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..representation.model import ExecutionContext, ModelRepresentation, TensorEntry
+from ..representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo
 
 # safetensors dtype names for torch dtypes numpy cannot represent natively: stored as raw bytes with
 # the right safetensors dtype tag, so torch loads them back exactly.
@@ -49,24 +49,34 @@ def tensors_of(model: ModelRepresentation, path: str) -> List[TensorEntry]:
     return [t for t in model.tensors if (t.name.rsplit(".", 1)[0] if "." in t.name else "") == path]
 
 
+def safetensors_dtype(dtype: str) -> Optional[str]:
+    """The safetensors name of a torch dtype ("float32" -> "F32"); None where the format has none."""
+    return _SAFETENSORS_DTYPES.get(dtype)
+
+
 def safetensors_bytes(model: ModelRepresentation, read_bytes: Callable) -> bytes:
     """state_dict() as a safetensors file (names as state_dict keys; tied tensors stored under each name)."""
+    entries = [(t.name, t.info) for t in model.state_dict_tensors() if t.info.device_type == "cpu"]
+    return safetensors_of(entries, read_bytes, {"root_class": model.root_class})
+
+
+def safetensors_of(entries: Sequence[Tuple[str, TensorInfo]], read_bytes: Callable,
+                   metadata: Optional[Dict[str, str]] = None) -> bytes:
+    """Named CPU tensors as a safetensors file; tensors of a dtype the format lacks are left out."""
     # Written by hand (the format is a JSON header + raw bytes) so that dtypes numpy lacks, such as
     # bfloat16, keep their exact bytes; torch's safetensors loader reads the result.
     header: Dict[str, dict] = {}
     chunks = []
     offset = 0
-    for t in model.state_dict_tensors():
-        if t.info.device_type != "cpu":
-            continue
-        data = read_bytes(t.info)
-        dtype = _SAFETENSORS_DTYPES.get(t.info.dtype)
+    for name, info in entries:
+        dtype = _SAFETENSORS_DTYPES.get(info.dtype)
         if dtype is None:
             continue
-        header[t.name] = {"dtype": dtype, "shape": list(t.info.shape), "data_offsets": [offset, offset + len(data)]}
+        data = read_bytes(info)
+        header[name] = {"dtype": dtype, "shape": list(info.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
         offset += len(data)
-    header["__metadata__"] = {"format": "pt", "producer": "volatility3-zen", "root_class": model.root_class}
+    header["__metadata__"] = {"format": "pt", "producer": "volatility3-zen", **(metadata or {})}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     return len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks)

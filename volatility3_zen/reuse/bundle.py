@@ -1,0 +1,134 @@
+"""Opening a patch bundle in the base model's environment: integrity, version and environment checks."""
+
+import hashlib
+import json
+import marshal
+import sys
+import zipfile
+from typing import Any, Dict, List, Optional
+
+from ..zenlib import bundleformat
+
+
+class ReuseError(Exception):
+    """A bundle that cannot be used here; the message is one line for the investigator."""
+
+
+class PatchBundle:
+    """A verified bundle: its manifest and members, decoded on demand."""
+
+    def __init__(self, path: str, expect_sha256: Optional[str] = None):
+        self.path = path
+        try:
+            self.members: Dict[str, bytes] = bundleformat.read_members(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise ReuseError(f"{path}: not a readable patch bundle ({exc})") from None
+        problems = bundleformat.verify(self.members)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ReuseError(f"{path}: refused, the bundle was altered or damaged: {problems[0]}{more}")
+        self.sha256 = bundleformat.manifest_sha256(self.members)
+        if expect_sha256 and expect_sha256.lower() != self.sha256:
+            raise ReuseError(f"{path}: refused, its manifest sha256 is {self.sha256}, not the expected {expect_sha256}")
+        self.manifest = self.json(bundleformat.MANIFEST)
+        if self.manifest.get("schema") != bundleformat.BUNDLE_SCHEMA_VERSION:
+            raise ReuseError(f"{path}: bundle schema {self.manifest.get('schema')} is not supported "
+                             f"(this version reads {bundleformat.BUNDLE_SCHEMA_VERSION})")
+
+    # -- members ---------------------------------------------------------------------------------------
+    def json(self, name: str) -> Any:
+        return json.loads(self.members[name])
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    @property
+    def python_version(self) -> str:
+        return self.manifest["python_version"]
+
+    def check_interpreter(self) -> None:
+        """Marshal data is only valid for the CPython minor version that wrote it."""
+        here = "%d.%d" % sys.version_info[:2]
+        if self.python_version != here:
+            raise ReuseError(f"{self.path}: refused, the bundle's code is for CPython {self.python_version} "
+                             f"(the image's), this is CPython {here}; run it under python{self.python_version}")
+        if sys.implementation.name != "cpython":
+            raise ReuseError(f"{self.path}: refused, the bundle's code is CPython bytecode, this is {sys.implementation.name}")
+
+    def environment_notes(self) -> List[str]:
+        """Differences between this environment and the image's that may change results (not refusals)."""
+        notes = []
+        wanted = self.manifest.get("torch_version")
+        try:
+            import torch
+            if wanted and torch.__version__ != wanted:
+                notes.append(f"torch {torch.__version__} here, {wanted} in the image: outputs may differ")
+        except ImportError:
+            if wanted:
+                notes.append(f"torch is not installed here (the image has {wanted})")
+        source = (self.manifest.get("base") or {}).get("source") or ""
+        for requirement in source.split(";")[0].split(","):
+            name, _, version = requirement.strip().partition("==")
+            version = version.split()[0] if version.split() else ""
+            if not name or not version:
+                continue
+            try:
+                from importlib import metadata
+                installed = metadata.version(name)
+            except Exception:  # noqa: BLE001 -- PackageNotFoundError, or a broken install
+                notes.append(f"the base package {name}=={version} is not installed here")
+                continue
+            if installed != version:
+                notes.append(f"the base package {name} is {installed} here, {version} in the base fingerprint")
+        return notes
+
+    # -- code --------------------------------------------------------------------------------------------
+    def code_entries(self) -> Dict[str, Dict[str, Any]]:
+        return {e["function_id"]: e for e in self.json("code.json")["code_objects"]} if self.has("code.json") else {}
+
+    def load_code(self, entry: Dict[str, Any]):
+        """The entry's code object, checked against the bytecode hash the image gave."""
+        try:
+            code = marshal.loads(self.members[entry["marshal"]])
+        except (ValueError, EOFError, TypeError) as exc:
+            raise ReuseError(f"{entry['marshal']}: not loadable marshal data for CPython {self.python_version} ({exc})") from None
+        digest = hashlib.sha256(code.co_code).hexdigest()
+        if digest != entry["attributes"]["co_code_sha256"]:
+            raise ReuseError(f"{entry['marshal']}: its bytecode differs from the image's ({entry['function_id']})")
+        return code
+
+    # -- tensors -------------------------------------------------------------------------------------------
+    def tensors(self, member: str) -> Dict[str, Any]:
+        """name -> torch.Tensor of a safetensors member."""
+        data = self.members[member]
+        try:
+            from safetensors.torch import load
+        except ImportError:
+            return _load_safetensors(data)
+        return load(data)
+
+
+_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "C64", "U16", "U32", "U64",
+           "F8_E4M3", "F8_E5M2")
+
+
+def _load_safetensors(data: bytes) -> Dict[str, Any]:
+    """A minimal reader for environments without the safetensors package (written by hand: a JSON
+    header and raw little-endian bytes; the package is preferred where installed)."""
+    import torch
+
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "C64": "complex64",
+             "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    start = 8 + length
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = getattr(torch, names[spec["dtype"]])
+        begin, end = spec["data_offsets"]
+        raw = bytearray(data[start + begin:start + end])
+        out[name] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(spec["shape"])
+    return out
