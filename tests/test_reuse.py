@@ -18,16 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import zen_testlib
-from tools.corpus import catalog, interpreters, load_ground_truth
-from volatility3_zen.zenlib import bundleformat, patchbundle
+from tools import reuse_check
+from tools.corpus import catalog, load_ground_truth
+from volatility3_zen.zenlib import bundleformat
 
 REPO = Path(__file__).resolve().parent.parent
-SETUP = REPO / "tests" / "reuse_setup.py"
-# The deployments' numerics settings (tools/corpus/deploy/model_zoo.py TORCH_ENV): the same kernels
-# and one thread, so that outputs can be compared bit for bit.
-TORCH_ENV = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
-             "MKL_CBWR": "COMPATIBLE"}
 # Derivatives whose rebuild works without the patch, and why (checked, not assumed: the test asserts
 # the control gives the ground truth's output for exactly these).
 SAME_WITHOUT_PATCH = {
@@ -39,46 +34,16 @@ SAME_WITHOUT_PATCH = {
 }
 
 
-def _model(image):
-    pid, path = sorted(image.ground_truth.items())[0]
-    truth = load_ground_truth(path)
-    return pid, (truth.get("models") or truth.get("plain_models"))[0]
-
-
 def _bundle(image, out: Path):
-    pid, model = _model(image)
-    out.mkdir(parents=True, exist_ok=True)
-    result = zen_testlib.run_vol(["-q", "-o", str(out), "-f", str(image.cores[pid]), "linux.zen.patchgen",
-                                  "--pid", str(pid), "--root", str(model["root_addr"]), "--dump"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out / patchbundle.bundle_name(pid, model["root_addr"]), model
+    bundle, model, _ = reuse_check.write_bundle(image, out)
+    return bundle, model
 
 
-def _interpreter(image) -> str:
-    return str(interpreters.resolve(image.processes[0]["interpreter"]).executable)
-
-
-def _hidden(bundle: Path) -> str:
-    """Top-level packages that only the derivative brought: those of its added classes and of the
-    modules the bundle creates, minus the base's own packages."""
-    members = bundleformat.read_members(bundle)
-    manifest = json.loads(members["manifest.json"])
-    base = json.loads((REPO / "bml" / f"{manifest['base']['name']}.json").read_text())
-    modules = [c["module"] for c in json.loads(members["classes.json"])["added"]]
-    modules += json.loads(members["objects.json"])["local_modules"]
-    return ",".join(sorted({m.partition(".")[0] for m in modules} - set(base["provenance"].get("model_packages", []))))
-
-
-def _reuse(python: str, bundle: Path, *args: str, hide: str = "", timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), ZEN_REUSE_HIDE=hide, **TORCH_ENV)
-    env.pop("PYTHONHOME", None)
-    return subprocess.run([python, "-m", "volatility3_zen.reuse", str(bundle), "--setup", str(SETUP), *args],
-                          capture_output=True, text=True, env=env, cwd=str(bundle.parent), timeout=timeout)
-
-
-def _output_sha(result: subprocess.CompletedProcess):
-    lines = [line for line in result.stdout.splitlines() if line.startswith("output ")]
-    return lines[-1].split()[-1] if lines else None
+_interpreter = reuse_check.interpreter
+_hidden = reuse_check.hidden_packages
+_reuse = reuse_check.run_reuse
+_output_sha = reuse_check.output_sha
+TORCH_ENV = reuse_check.TORCH_ENV
 
 
 MODELS = {**catalog.family_models(), **catalog.trained_models()}  # deployment -> (base, role)
@@ -107,6 +72,18 @@ def test_rebuilt_model_output_is_bit_identical(deployment, corpus, tmp_path):
     else:
         assert control.returncode != 0 or _output_sha(control) != model["output_sha256"]
         assert control.returncode == 0 or len(control.stderr.strip().splitlines()[-1]) < 400
+
+
+@pytest.mark.image
+def test_rebuild_from_a_lime_image(corpus, tmp_path):
+    """The same from a whole-system LiME image (the base ResNet; CI builds this one)."""
+    image = corpus("resnet-base-3.11", "lime")
+    bundle, model = _bundle(image, tmp_path / "out")
+    spec = tmp_path / "input.json"
+    spec.write_text(json.dumps(model["input"]))
+    result = _reuse(_interpreter(image), bundle, "--input", str(spec))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _output_sha(result) == model["output_sha256"]
 
 
 @pytest.mark.image

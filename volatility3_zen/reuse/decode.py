@@ -5,7 +5,6 @@ classes and functions into their modules; objects with an identity (instances, t
 once from the object table, so shared modules and tied weights stay shared.
 """
 
-import collections
 import importlib
 import sys
 import types

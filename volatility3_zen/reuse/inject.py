@@ -73,8 +73,8 @@ def make_plan(bundle: PatchBundle) -> Plan:
         owner = func.get("owner")
         where = f"{owner['module']}.{owner['qualname']}.{func['attr']}" if owner else f"{func['module']}.{func['attr']}"
         entry = code.get(func.get("function_id"), {})
-        plan.actions.append(Action("patch-function", where, f"{entry.get('kind', '?')}: "
-                                   + ",".join(entry.get("differs_in") or []) or "code"))
+        differs = ",".join(entry.get("differs_in") or []) or "code"
+        plan.actions.append(Action("patch-function", where, f"{entry.get('kind', '?')}: {differs}"))
     return plan
 
 
@@ -220,7 +220,7 @@ class Injector:
     def _patch(self, entry: dict) -> None:
         owner_ref = entry.get("owner")
         owner = resolve(owner_ref["module"], owner_ref["qualname"]) if owner_ref else self.module(entry["module"])
-        current = (vars(owner) if isinstance(owner, type) else vars(owner)).get(entry["attr"])
+        current = vars(owner).get(entry["attr"])
         live = getattr(current, "__func__", current)
         if isinstance(current, property):
             live = current.fget

@@ -369,8 +369,9 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
         pending = [a for a in referenced_classes(reader, local_modules) if a not in class_entries]
 
     functions, patched = [], []
+    features = {f.function_id: f for f in target.pr.code}
     for change in model_diff.changes:
-        feature = next((f for f in target.pr.code if f.function_id == change.function_id), None)
+        feature = features.get(change.function_id)
         if change.kind not in ("changed", "added") or feature is None or feature.kind in ("nested", "lambda", "comprehension", "class-body"):
             continue
         located = _function_object(reader, feature, classes)
@@ -453,7 +454,7 @@ def _function_object(reader, feature: CodeFeature, classes: Dict[str, Any]) -> O
             scope = 0
         for attr, value in namespace.items():
             func = py.method_function(value)
-            if func and o.u64(func + py._f["func_code"]) == feature.address:
+            if func and py.function_pointers(func)["func_code"] == feature.address:
                 return func, o.base_kind(value), scope, attr
     except DECODE_ERRORS:
         return None

@@ -107,11 +107,17 @@ class CodeReach:
         out = ReachedCode()
         pending_classes = list(class_addresses)
         pending_functions: List[int] = []
-        # Model packages: where the starting classes live (framework ones excepted).
+        # Model packages: where the starting classes and the classes they derive from live (framework
+        # ones excepted).  A derivative whose layers are all torch's but whose root subclasses a base
+        # package's class (class Tempered(torchcrepe.Crepe)) inherits that package's methods.
         for addr in pending_classes:
             info = self._read_class(addr, out, quiet=False)
-            if info is not None and not is_framework_module(info.module):
-                out.packages.add(top_package(info.module))
+            if info is None:
+                continue
+            for cls in [addr] + list(info.mro[1:]):
+                ancestor = info if cls == addr else self._read_class(cls, out, quiet=True)
+                if ancestor is not None and not is_framework_module(ancestor.module):
+                    out.packages.add(top_package(ancestor.module))
         out.packages |= self.extra_packages
 
         def inside(module: Optional[str]) -> bool:

@@ -5,7 +5,7 @@ walk goes on, so a smeared image still yields a partial table.
 """
 
 import struct
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
@@ -49,8 +49,7 @@ class PythonProcess:
         that smeared memory made unreadable is left empty and said in ``problems`` (``recover`` then
         names the function after its code object), so that the code object is still reached."""
         o = self.objects
-        raw = o.mem.read(address, max(self._f.values()) + 8)
-        p = {k: _U64.unpack_from(raw, off)[0] for k, off in self._f.items()}
+        p = self.function_pointers(address)
         if not p["func_code"] or p["func_code"] % 8:
             raise CorruptObjectError(f"function at 0x{address:x} has code pointer 0x{p['func_code']:x}")
 
@@ -77,6 +76,11 @@ class PythonProcess:
         closure = part("__closure__", lambda: length(p["func_closure"]), 0)
         return Function(address, p["func_code"], name, qualname, module, defaults, kwdefaults, closure,
                         function_kind(name, qualname))
+
+    def function_pointers(self, address: int) -> Dict[str, int]:
+        """The raw pointers of a function object (func_code, func_globals, func_defaults, ...)."""
+        raw = self.objects.mem.read(address, max(self._f.values()) + 8)
+        return {k: _U64.unpack_from(raw, off)[0] for k, off in self._f.items()}
 
     # -- classes ---------------------------------------------------------------------------------
     def read_class(self, address: int) -> ClassInfo:

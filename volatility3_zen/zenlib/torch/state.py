@@ -245,8 +245,7 @@ class StateReader:
         """A function object's parts that the code object lacks: defaults, closure, globals' module."""
         o = self.o
         func = self.py.read_function(func_addr)
-        offsets = self.py._f
-        raw = {k: o.u64(func_addr + off) for k, off in offsets.items()}
+        raw = self.py.function_pointers(func_addr)
         label = f"{func.module}.{func.qualname}"
         entry = {"wrapper": wrapper, "name": func.name, "qualname": func.qualname, "module": func.module,
                  "code": raw["func_code"], "globals": self.module_of_dict(raw["func_globals"]),

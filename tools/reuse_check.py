@@ -1,0 +1,82 @@
+"""Running the reuse step on corpus images, shared by tests/test_reuse.py and benchmarks/bench_reuse.py.
+
+A bundle is written by ``linux.zen.patchgen --dump`` from a core image; ``python -m volatility3_zen.reuse``
+then runs in the deployment's own interpreter (its venv has the base packages), with the deployments'
+numerics settings, the corpus setup file (tests/reuse_setup.py) and, hidden, the packages only the
+derivative brought, so that the interpreter stands for the base model's environment.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+SETUP = REPO / "tests" / "reuse_setup.py"
+# The deployments' numerics settings (tools/corpus/deploy/model_zoo.py TORCH_ENV): the same kernels
+# and one thread, so that outputs can be compared bit for bit.
+TORCH_ENV = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
+             "MKL_CBWR": "COMPATIBLE"}
+
+
+def vol_command():
+    exe = Path(sys.executable).parent / "vol"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "volatility3.cli"]
+
+
+def model_of(image) -> Tuple[int, dict]:
+    from tools.corpus import load_ground_truth
+
+    pid, path = sorted(image.ground_truth.items())[0]
+    truth = load_ground_truth(path)
+    return pid, (truth.get("models") or truth.get("plain_models"))[0]
+
+
+def write_bundle(image, out: Path) -> Tuple[Path, dict, float]:
+    """(bundle path, the ground truth's model entry, seconds patchgen took), from a core or a LiME image."""
+    pid, model = model_of(image)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with __import__("tempfile").TemporaryDirectory() as cache:
+        source = ["-s", str(REPO / "tests" / "data" / "isf"), "-f", str(image.image)] if image.image else ["-f", str(image.cores[pid])]
+        result = subprocess.run(vol_command() + ["-q", "-o", str(out)] + source + ["linux.zen.patchgen",
+                                                 "--pid", str(pid), "--root", str(model["root_addr"]), "--dump"],
+                                capture_output=True, text=True, env=dict(os.environ, XDG_CACHE_HOME=cache))
+    if result.returncode != 0:
+        raise RuntimeError(f"patchgen failed: {result.stderr[-2000:]}")
+    return out / f"pid{pid}-{model['root_addr']:x}.zenpatch.zip", model, time.monotonic() - started
+
+
+def interpreter(image) -> str:
+    from tools.corpus import interpreters
+
+    return str(interpreters.resolve(image.processes[0]["interpreter"]).executable)
+
+
+def hidden_packages(bundle: Path) -> str:
+    """Top-level packages that only the derivative brought: those of its added classes and of the
+    modules the bundle creates, minus the base's own packages (from its fingerprint in bml/)."""
+    from volatility3_zen.zenlib import bundleformat
+
+    members = bundleformat.read_members(bundle)
+    manifest = json.loads(members["manifest.json"])
+    base = json.loads((REPO / "bml" / f"{manifest['base']['name']}.json").read_text())
+    modules = [c["module"] for c in json.loads(members["classes.json"])["added"]]
+    if "objects.json" in members:
+        modules += json.loads(members["objects.json"])["local_modules"]
+    return ",".join(sorted({m.partition(".")[0] for m in modules} - set(base["provenance"].get("model_packages", []))))
+
+
+def run_reuse(python: str, bundle: Path, *args: str, hide: str = "", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), ZEN_REUSE_HIDE=hide, **TORCH_ENV)
+    env.pop("PYTHONHOME", None)
+    return subprocess.run([python, "-m", "volatility3_zen.reuse", str(bundle), "--setup", str(SETUP), *args],
+                          capture_output=True, text=True, env=env, cwd=str(bundle.parent), timeout=timeout)
+
+
+def output_sha(result: subprocess.CompletedProcess) -> Optional[str]:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("output ")]
+    return lines[-1].split()[-1] if lines else None
