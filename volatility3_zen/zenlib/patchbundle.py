@@ -32,6 +32,7 @@ from .representation.unified import CodeFeature, UnifiedRepresentation
 
 # Fixed zip timestamps: the same model and base give the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_NESTED_KINDS = ("nested", "lambda", "comprehension", "class-body")  # made at run time by their parent
 _VALUE_DEPTH = 8  # how deep a class attribute's containers are decoded
 
 
@@ -351,10 +352,11 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
             if slot in entry:
                 shipped(entry[slot], reason)
 
-    class_entries: Dict[int, Dict[str, Any]] = {}
-    pending = [classes[k].address for k in inject_keys if k in classes and classes[k].address]
-    while pending:
-        for address in pending:
+    class_entries: Dict[int, Optional[Dict[str, Any]]] = {}
+
+    def inject(addresses) -> None:
+        """Class entries (with their methods' code shipped) for the classes to inject."""
+        for address in addresses:
             if address in class_entries:
                 continue
             try:
@@ -366,13 +368,44 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
             for method in entry["methods"].values():
                 shipped(method, f"{entry['module']}.{entry['qualname']}")
             class_entries[address] = entry
-        pending = [a for a in referenced_classes(reader, local_modules) if a not in class_entries]
 
+    inject(classes[k].address for k in inject_keys if k in classes and classes[k].address)
+    functions, patched = _functions_to_ship(reader, target, model_diff, classes, class_entries, shipped)
+    # Functions the object state describes in full (decorators' wrappers, dataclass methods) need their
+    # code shipped; the module globals the shipped code reads can name more of those, or more classes
+    # of the modules to create (a helper class of the derivative's file): until nothing is new.
+    while True:
+        inject(a for a in referenced_classes(reader, local_modules) if a not in class_entries)
+        for entry in list(reader.objects.values()):
+            if entry.get("kind") == "function" and "code" in entry:
+                shipped(entry, entry.get("path") or "a function in the object state")
+        module_globals = _globals_read(reader, code, warnings)
+        if all(a in class_entries for a in referenced_classes(reader, local_modules)) and not any(
+                e.get("kind") == "function" and "code" in e for e in reader.objects.values()):
+            break
+
+    document = {
+        "format": "zen-object-state", "schema": OBJECTS_SCHEMA_VERSION, "root": root_ref,
+        "objects": reader.objects, "classes": _bases_first([e for e in class_entries.values() if e]),
+        "functions": functions, "patched": patched, "globals": module_globals,
+        "local_modules": sorted(m for m in local_modules if m), "warnings": list(reader.warnings),
+    }
+    warnings.extend(reader.warnings)
+    members["objects.json"] = _json(document)
+    if reader.tensor_table and torch_process is not None:
+        members["state.safetensors"] = export.safetensors_of(reader.tensor_table, torch_process.tensors.read_bytes,
+                                                             {"content": "tensors outside the state_dict"})
+
+
+def _functions_to_ship(reader, target: UnifiedRepresentation, model_diff: ModelDiff, classes: Dict[str, Any],
+                       class_entries: Dict[int, Any], shipped) -> Tuple[List[dict], List[dict]]:
+    """(module-level functions to inject, functions to patch) for the diff's changed and added code
+    that is not a method of an injected class."""
     functions, patched = [], []
     features = {f.function_id: f for f in target.pr.code}
     for change in model_diff.changes:
         feature = features.get(change.function_id)
-        if change.kind not in ("changed", "added") or feature is None or feature.kind in ("nested", "lambda", "comprehension", "class-body"):
+        if change.kind not in ("changed", "added") or feature is None or feature.kind in _NESTED_KINDS:
             continue
         located = _function_object(reader, feature, classes)
         if located is None:
@@ -390,51 +423,28 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
         if owner_addr:
             entry["owner"] = reader.class_ref(owner_addr)
         patched.append(entry)
+    return functions, patched
 
-    # Module globals the shipped code reads (co_names of it and its nested code, that the module defines).
+
+def _globals_read(reader, code: "_CodeMembers", warnings: List[str]) -> Dict[str, Dict[str, Any]]:
+    """module -> the globals the shipped code of that module reads (co_names of it and its nested
+    code that the module defines), encoded."""
     names_by_module: Dict[str, set] = {}
     for entry in code.entries:
-        module = entry["module"]
-        if module:
-            names = names_by_module.setdefault(module, set())
-            pending_code = [entry["address"]]
-            while pending_code:
-                co = code.resolve(pending_code.pop())
+        if entry["module"]:
+            names = names_by_module.setdefault(entry["module"], set())
+            pending = [entry["address"]]
+            while pending:
+                co = code.resolve(pending.pop())
                 names.update(co.names)
-                pending_code.extend(nested_code(co.consts))
-    module_globals = {}
+                pending.extend(nested_code(co.consts))
+    out = {}
     for module, names in sorted(names_by_module.items()):
         try:
-            module_globals[module] = reader.module_globals(module, names)
+            out[module] = reader.module_globals(module, names)
         except DECODE_ERRORS as exc:
             warnings.append(f"module {module}: globals unreadable ({exc})")
-    # Globals can name more local classes (a helper class of the derivative's module): inject those too.
-    for address in referenced_classes(reader, local_modules):
-        if address not in class_entries:
-            try:
-                entry = reader.class_entry(address)
-                for method in entry["methods"].values():
-                    shipped(method, f"{entry['module']}.{entry['qualname']}")
-                class_entries[address] = entry
-            except DECODE_ERRORS as exc:
-                warnings.append(f"class at 0x{address:x}: namespace unreadable ({exc}); not injected")
-
-    # Functions described in full (made by calls: decorators' wrappers, dataclass methods) need code too.
-    for entry in list(reader.objects.values()):
-        if entry.get("kind") == "function" and "code" in entry:
-            shipped(entry, entry.get("path") or "a function in the object state")
-
-    document = {
-        "format": "zen-object-state", "schema": OBJECTS_SCHEMA_VERSION, "root": root_ref,
-        "objects": reader.objects, "classes": _bases_first([e for e in class_entries.values() if e]),
-        "functions": functions, "patched": patched, "globals": module_globals,
-        "local_modules": sorted(m for m in local_modules if m), "warnings": list(reader.warnings),
-    }
-    warnings.extend(reader.warnings)
-    members["objects.json"] = _json(document)
-    if reader.tensor_table and torch_process is not None:
-        members["state.safetensors"] = export.safetensors_of(reader.tensor_table, torch_process.tensors.read_bytes,
-                                                             {"content": "tensors outside the state_dict"})
+    return out
 
 
 def _function_object(reader, feature: CodeFeature, classes: Dict[str, Any]) -> Optional[Tuple[int, str, int, str]]:
