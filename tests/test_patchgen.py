@@ -19,7 +19,9 @@ from tools.corpus import interpreters, load_ground_truth
 from volatility3_zen.zenlib import patchbundle
 from volatility3_zen.zenlib.analysis.attribution import pr_matching
 from volatility3_zen.zenlib.analysis.diff import diff_models
-from volatility3_zen.zenlib.representation.unified import UnifiedRepresentation
+from volatility3_zen.zenlib.representation.unified import (
+    LayerNode, MathematicalRepresentation, ProgramRepresentation, UnifiedRepresentation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +267,24 @@ def test_errors_are_one_line(corpus, tmp_path):
     result = zen_testlib.run_vol(["-f", str(image.cores[pid]), "linux.zen.patchgen", "--root", str(root),
                                   "--bml", str(tmp_path)])
     assert result.returncode == 1 and "holds no fingerprints" in result.stderr and "Traceback" not in result.stderr
+
+
+def _layered(children_classes):
+    """A UR whose root holds a numbered container ("body") of conv-like blocks of the given classes."""
+    layers = [LayerNode("", "m.Net", 0, ["body", "head"], []),
+              LayerNode("body", "torch.nn.modules.container.Sequential", 1, [str(i) for i in range(len(children_classes))], [])]
+    for i, cls in enumerate(children_classes):
+        layers.append(LayerNode(f"body.{i}", cls, 2, [], [("weight", [4, 4], "float32")]))
+    layers.append(LayerNode("head", "torch.nn.modules.linear.Linear", 1, [], [("weight", [2, 4], "float32")]))
+    mr = MathematicalRepresentation("m.Net", layers, [], 0, 0)
+    return UnifiedRepresentation("3.11", mr, ProgramRepresentation([], []), {})
+
+
+def test_an_inserted_block_is_added_and_the_blocks_after_it_align_with_their_own_counterparts():
+    base = _layered(["m.Conv", "m.Conv", "m.C3", "m.Conv"])
+    target = _layered(["m.Conv", "m.Conv", "m.CBAM", "m.C3", "m.Conv"])
+    changes = {(c.kind, c.path, c.base_path) for c in diff_models(target, base).layer_changes}
+    assert changes == {("added", "body.2", None), ("changed", "body", "body")}  # its children list grew
+    swapped = _layered(["m.Conv", "m.Ghost", "m.C3", "m.Conv"])
+    changes = {(c.kind, c.path, tuple(c.fields)) for c in diff_models(swapped, base).layer_changes}
+    assert changes == {("changed", "body.1", ("class",))}

@@ -390,10 +390,12 @@ def _layers_section(model_diff: diff.ModelDiff, target: UnifiedRepresentation, b
         return '<p class="note">The target or the base has no MR (a plain-Python model): no layers to compare.</p>'
     if not model_diff.layer_changes:
         return '<p class="note">No layer differs.</p>'
-    out = ['<table class="data"><tr><th>kind</th><th>path</th><th>class</th><th>base class</th><th>differs in</th>'
-           "<th>elements</th></tr>"]
+    out = ['<table class="data"><tr><th>kind</th><th>path</th><th>base path</th><th>class</th><th>base class</th>'
+           "<th>differs in</th><th>elements</th></tr>"]
     for c in model_diff.layer_changes:
+        base_path = "" if c.base_path is None else (c.base_path or "(root)")
         out.append(f"<tr><td>{_e(c.kind)}</td><td class=\"id\">{_e(c.path or '(root)')}</td>"
+                   f"<td class=\"id\">{_e(base_path)}</td>"
                    f"<td class=\"id\">{_e(c.class_key or '')}</td><td class=\"id\">{_e(c.base_class_key or '')}</td>"
                    f"<td>{_e(', '.join(c.fields))}</td><td class=\"num\">{c.elements}</td></tr>")
     out.append("</table>")

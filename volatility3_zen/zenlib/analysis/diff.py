@@ -19,6 +19,7 @@ which the base does not define under that name: kind "changed" with no differing
 docs/patchgen.md describes the JSON form (``DIFF_SCHEMA_VERSION``).
 """
 
+import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -91,11 +92,12 @@ class LayerChange:
     """One layer (MR node) by path: in the target only, in the base only, or in both but different."""
 
     kind: str  # added / removed / changed
-    path: str  # "" is the root
+    path: str  # the target's path ("" is the root); the base's for removed
     class_key: Optional[str]  # the target's (None for removed)
     base_class_key: Optional[str]  # the base's (None for added)
     fields: List[str] = field(default_factory=list)  # class / children / tensors / hyperparameters (changed)
     elements: int = 0  # elements of the layer's own tensors (the base's for removed)
+    base_path: Optional[str] = None  # the base layer it was aligned with (None for added)
 
 
 @dataclass
@@ -317,29 +319,79 @@ def _compare_classes(target: UnifiedRepresentation, base: UnifiedRepresentation,
 
 def _compare_layers(target: UnifiedRepresentation, base: UnifiedRepresentation,
                     renamed: Dict[str, str]) -> List[LayerChange]:
-    """Layers aligned by path (a derivative that swaps a block keeps its path; one that inserts a block
-    shifts the numbered paths after it, which then show as changed)."""
+    """Layers aligned as trees (``_align_layers``): a block swapped in keeps its place and shows as a
+    changed class; a block inserted into a numbered container is added, and the blocks after it are
+    compared with the base blocks they correspond to, not with the ones at the same index."""
     if target.mr is None or base.mr is None:
         return []
     t_layers = {layer.path: layer for layer in target.mr.layers}
     b_layers = {layer.path: layer for layer in base.mr.layers}
+    mapping = _align_layers(t_layers, b_layers, renamed)
     out = []
     for layer in target.mr.layers:
-        other = b_layers.get(layer.path)
+        other = b_layers.get(mapping.get(layer.path, None)) if layer.path in mapping else None
         if other is None:
             out.append(LayerChange("added", layer.path, layer.class_key, None, [], _elements(layer)))
             continue
         fields = []
         if renamed.get(layer.class_key, layer.class_key) != other.class_key:
             fields.append("class")
-        for name in ("children", "tensors", "hyperparameters"):
+        if _children(layer, t_layers, mapping) != _children(other, b_layers, None):
+            fields.append("children")
+        for name in ("tensors", "hyperparameters"):
             if getattr(layer, name) != getattr(other, name):
                 fields.append(name)
-        if fields:
-            out.append(LayerChange("changed", layer.path, layer.class_key, other.class_key, fields, _elements(layer)))
-    out += [LayerChange("removed", layer.path, None, layer.class_key, [], _elements(layer))
-            for layer in base.mr.layers if layer.path not in t_layers]
+        if fields:  # a layer that only moved (something was inserted before it) is not a change
+            out.append(LayerChange("changed", layer.path, layer.class_key, other.class_key, fields, _elements(layer),
+                                   base_path=other.path))
+    matched = set(mapping.values())
+    out += [LayerChange("removed", layer.path, None, layer.class_key, [], _elements(layer), base_path=layer.path)
+            for layer in base.mr.layers if layer.path not in matched]
     return out
+
+
+def _children(layer, layers: Dict[str, Any], mapping: Optional[Dict[str, str]]) -> List[str]:
+    """A layer's children as base paths (through ``mapping`` for the target).  A child listed once
+    elsewhere in the tree (a module reachable twice) has no node here and is named as it is."""
+    prefix = layer.path + "." if layer.path else ""
+    out = []
+    for name in layer.children:
+        path = prefix + name
+        if path not in layers:
+            out.append("=" + name)
+        else:
+            out.append(mapping.get(path, "+" + path) if mapping is not None else path)
+    return out
+
+
+def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: Dict[str, str]) -> Dict[str, str]:
+    """target path -> base path, walking both trees from the root.  Named children pair by name;
+    numbered children (Sequential, ModuleList) pair by the longest common subsequence of their classes,
+    and runs replaced one for one pair in order (a swapped block)."""
+    mapping: Dict[str, str] = {}
+    pending = [("", "")] if "" in t_layers and "" in b_layers else []
+    while pending:
+        t_path, b_path = pending.pop()
+        mapping[t_path] = b_path
+        t, b = t_layers[t_path], b_layers[b_path]
+        t_prefix, b_prefix = (t_path + ".") if t_path else "", (b_path + ".") if b_path else ""
+        t_named = [c for c in t.children if not c.isdigit()]
+        b_named = set(c for c in b.children if not c.isdigit())
+        pairs = [(c, c) for c in t_named if c in b_named]
+        t_numbered = [c for c in t.children if c.isdigit()]
+        b_numbered = [c for c in b.children if c.isdigit()]
+        if t_numbered and b_numbered:
+            t_classes = [renamed.get(t_layers[t_prefix + c].class_key, t_layers[t_prefix + c].class_key)
+                         if t_prefix + c in t_layers else "" for c in t_numbered]
+            b_classes = [b_layers[b_prefix + c].class_key if b_prefix + c in b_layers else "" for c in b_numbered]
+            matcher = difflib.SequenceMatcher(None, t_classes, b_classes, autojunk=False)
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+                if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
+                    pairs += list(zip(t_numbered[i1:i2], b_numbered[j1:j2]))
+        for t_child, b_child in pairs:
+            if t_prefix + t_child in t_layers and b_prefix + b_child in b_layers and t_prefix + t_child not in mapping:
+                pending.append((t_prefix + t_child, b_prefix + b_child))
+    return mapping
 
 
 def _elements(layer) -> int:

@@ -107,7 +107,9 @@ def _rows(model_diff: diff.ModelDiff) -> Iterator[tuple]:
             ("+", "methods", change.methods_added), ("-", "methods", change.methods_removed)) if names]
         yield ("class-changed", change.key, "", 0, none, "", "; ".join(parts))
     for layer in model_diff.layer_changes:
+        moved = layer.kind == "changed" and layer.base_path != layer.path
+        detail = ",".join(layer.fields) + (f" (base {layer.base_path or '(root)'})" if moved else "")
         yield (f"layer-{layer.kind}", layer.class_key or layer.base_class_key or "", "", layer.elements, none,
-               layer.path or "(root)", ",".join(layer.fields))
+               layer.path or "(root)", detail)
     if model_diff.empty:
         yield ("identical", "", "", 0, none, "", "")
