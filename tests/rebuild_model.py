@@ -8,32 +8,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import struct
 import sys
 import tempfile
 
 import torch
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-          "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-          "C64": torch.complex64}
-
-
-def load_safetensors(path):
-    """A minimal reader (the torch venv need not have the safetensors package)."""
-    data = open(path, "rb").read()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    base = 8 + length
-    tensors = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = spec["data_offsets"]
-        raw = bytearray(data[base + start: base + end])
-        tensors[name] = torch.frombuffer(raw, dtype=DTYPES[spec["dtype"]]).reshape(spec["shape"]) if raw else \
-            torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]])
-    return tensors
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from volatility3_zen.reuse.bundle import read_safetensors  # noqa: E402  (the torch venv need not have safetensors)
 
 
 def main():
@@ -48,7 +29,8 @@ def main():
     model = eval(builder, dict(vars(module), torch=torch))
     if isinstance(model, tuple):  # builders that also return their input specification
         model = model[0]
-    state = load_safetensors(weights)
+    with open(weights, "rb") as handle:
+        state = read_safetensors(handle.read())
     with torch.no_grad():  # overwrite every tensor so nothing of the fresh initialisation survives
         for tensor in model.state_dict(keep_vars=True).values():
             if tensor.is_floating_point() or tensor.is_complex():

@@ -273,3 +273,50 @@ def test_bundle_for_another_python_is_refused(corpus, tmp_path):
     image = corpus("micrograd-derivative-3.12", "core")
     bundle, _ = _bundle(image, tmp_path / "out")
     _refused(_cli(bundle, "--dry-run"), "refused", "CPython 3.12", "this is CPython %d.%d" % os.sys.version_info[:2])
+
+
+# -- decoding objects.json values (pure functions, no image) ------------------------------------------------
+class Colour(__import__("enum").Enum):
+    RED = 1
+
+
+def test_decoder_values_identity_and_omissions():
+    from collections import OrderedDict
+
+    from volatility3_zen.reuse.decode import Decoder
+
+    table = {
+        "o0": {"kind": "object", "class": {"t": "class", "module": "types", "qualname": "SimpleNamespace"},
+               "path": "", "dict": {
+                   "me": {"t": "ref", "v": "o0"},
+                   "table": {"t": "dict", "class": {"t": "class", "module": "collections", "qualname": "OrderedDict"},
+                             "v": [[{"t": "str", "v": "a"}, {"t": "int", "v": "12345678901234567890"}]]},
+                   "pair": {"t": "tuple", "v": [{"t": "float", "v": (0.1).hex()}, {"t": "bytes", "v": "00ff"}]},
+                   "tags": {"t": "frozenset", "v": [{"t": "str", "v": "x"}]},
+                   "colour": {"t": "enum", "class": {"module": __name__, "qualname": "Colour"}, "name": "RED"},
+                   "join": {"t": "function", "module": "os.path", "qualname": "join"},
+                   "native": {"t": "unsupported", "type": "numpy.ndarray"},
+               }},
+    }
+    decoder = Decoder(table, tensor_source=None)
+    obj = decoder.value({"t": "ref", "v": "o0"})
+    assert obj.me is obj  # a cycle through the object table comes back to the same object
+    assert obj.table == OrderedDict(a=12345678901234567890) and type(obj.table) is OrderedDict
+    assert obj.pair == (0.1, b"\x00\xff") and obj.tags == frozenset({"x"})
+    assert obj.colour is Colour.RED and obj.join is os.path.join
+    assert not hasattr(obj, "native") and "numpy.ndarray" in decoder.warnings[0]
+
+
+def test_decoder_refuses_what_it_cannot_name():
+    from volatility3_zen.reuse.bundle import ReuseError
+    from volatility3_zen.reuse.decode import Decoder, resolve
+
+    with pytest.raises(ReuseError, match="derived.nowhere is not importable"):
+        resolve("derived.nowhere", "Net")
+    with pytest.raises(ReuseError, match="os.path.no_such does not exist"):
+        resolve("os.path", "no_such")
+    with pytest.raises(ReuseError, match="unknown value tag"):
+        Decoder({}, None).value({"t": "pickle"})
+    local = {"o0": {"kind": "function", "module": "m", "qualname": "f.<locals>.g"}}
+    with pytest.raises(ReuseError, match="exists only when patched"):
+        Decoder(local, None).value({"t": "ref", "v": "o0"})

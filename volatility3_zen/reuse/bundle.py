@@ -104,15 +104,11 @@ class PatchBundle:
         try:
             from safetensors.torch import load
         except ImportError:
-            return _load_safetensors(data)
+            return read_safetensors(data)
         return load(data)
 
 
-_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "C64", "U16", "U32", "U64",
-           "F8_E4M3", "F8_E5M2")
-
-
-def _load_safetensors(data: bytes) -> Dict[str, Any]:
+def read_safetensors(data: bytes) -> Dict[str, Any]:
     """A minimal reader for environments without the safetensors package (written by hand: a JSON
     header and raw little-endian bytes; the package is preferred where installed)."""
     import torch
