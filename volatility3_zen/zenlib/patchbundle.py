@@ -322,13 +322,15 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
     globals their code reads) and the functions to patch; state.safetensors: the tensors that are not
     in the state_dict.  Unchanged methods of the classes to inject are shipped as ``carried`` code."""
     from .torch import export
-    from .torch.state import OBJECTS_SCHEMA_VERSION, StateReader, referenced_classes
+    from .cpython.state import OBJECTS_SCHEMA_VERSION, StateReader, referenced_classes
+    from .torch.state import TorchValues
 
     torch_process, model = parts if parts else (None, None)
     weight_names: Dict[int, str] = {}
     for t in model.state_dict_tensors() if model else ():
         weight_names.setdefault(t.info.address, t.name)
-    reader = StateReader(python, torch_process, weight_names)
+    torch_values = TorchValues(torch_process, weight_names) if torch_process is not None else None
+    reader = StateReader(python, torch_values)
     features_by_address = {c.address: c for c in target.pr.code if c.address}
     classes = {c.key: c for c in target.pr.classes}
     inject_keys = [c.key for c in model_diff.added_classes] + sorted(model_diff.renamed_classes)
@@ -392,8 +394,8 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
     }
     warnings.extend(reader.warnings)
     members["objects.json"] = _json(document)
-    if reader.tensor_table and torch_process is not None:
-        members["state.safetensors"] = export.safetensors_of(reader.tensor_table, torch_process.tensors.read_bytes,
+    if torch_values is not None and torch_values.tensor_table:
+        members["state.safetensors"] = export.safetensors_of(torch_values.tensor_table, torch_process.tensors.read_bytes,
                                                              {"content": "tensors outside the state_dict"})
 
 

@@ -1,0 +1,284 @@
+"""The live object graph of a model, read from memory, in a form another process can rebuild.
+
+``model.json`` describes a model for people and for attribution (tree, hyper-parameters, tensors).
+Rebuilding the object (a torch model, or a plain-Python one) needs more: every attribute of every module instance (tensors that are not
+parameters or buffers, configuration objects, references to functions and classes, ``training``), the
+identity of shared objects (tied weights), and, for code the base environment lacks, the namespaces
+of its classes and the module globals its functions read.  ``StateReader`` encodes all of that as
+tagged JSON (docs/reuse.md, "objects.json"); ``volatility3_zen.reuse`` decodes it.  Tensors and other
+torch values come from an extension (``torch/state.py``), so this module knows nothing of torch.
+
+Objects with an identity (class instances and tensors) are entries of one table, referred to by id,
+so a module reachable twice or a tensor tied between two layers is one object after the rebuild.
+Containers are inline.  A value that cannot be described (a C function, a bound method, a numpy
+array) becomes ``{"t": "unsupported"}`` and a warning with its path: the rebuild leaves the
+attribute out and says so.
+"""
+
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from ..representation.program import encode_const
+from .objects import DECODE_ERRORS
+from .recover import PythonProcess
+
+OBJECTS_SCHEMA_VERSION = 1
+_MAX_DEPTH = 48
+_SCALARS = ("str", "bytes", "int", "bool", "float", "complex", "NoneType", "ellipsis")
+
+
+class StateReader:
+    """Encodes objects of one CPython process.  ``extension`` describes what plain CPython cannot (torch
+    tensors, dtypes: ``torch.state.TorchValues``): its ``value(reader, obj, type_addr, path, depth)``
+    returns an encoded value, or None to leave the object to the generic encoding."""
+
+    def __init__(self, python: PythonProcess, extension=None):
+        self.py = python
+        self.o = python.objects
+        self.extension = extension
+        self.objects: Dict[str, dict] = {}  # id -> entry
+        self._ids: Dict[int, str] = {}  # address -> id
+        self.classes_seen: Dict[Tuple[str, str], int] = {}  # (module, qualname) -> address of heap classes met
+        self.functions_seen: Dict[int, Tuple[str, str]] = {}  # function address -> (module, qualname)
+        self.warnings: List[str] = []
+        self._module_names: Optional[Dict[int, str]] = None
+        self._mro_cache: Dict[int, List[str]] = {}
+        self._dict_modules: Optional[Dict[int, str]] = None
+        self.local_modules: Set[str] = set()  # modules the base lacks: their functions are described in full
+        self.inline_functions: Set[int] = set()  # and these (added to a module the base has)
+
+    # -- names ---------------------------------------------------------------------------------------
+    def module_names(self) -> Dict[int, str]:
+        if self._module_names is None:
+            self._module_names = {addr: name for name, addr in self.py.heap.modules().items()}
+        return self._module_names
+
+    def class_ref(self, type_addr: int) -> dict:
+        """{"t": "class", "module", "qualname"} of a type object (heap or static)."""
+        o = self.o
+        if o.kind_of_type(type_addr) == "heap":
+            info = self.py.read_class(type_addr)
+            module, qualname = info.module or "builtins", info.qualname
+            self.classes_seen.setdefault((module, qualname), type_addr)
+        else:
+            name = o.type_name(type_addr) or "?"
+            module, _, qualname = name.rpartition(".")
+            module = module or "builtins"
+        return {"t": "class", "module": module, "qualname": qualname}
+
+    def mro_names(self, type_addr: int) -> List[str]:
+        names = self._mro_cache.get(type_addr)
+        if names is None:
+            names = []
+            mro = self.o.u64(type_addr + self.o.off_tp_mro)
+            for cls in (self.o.tuple_items(mro) if mro else (type_addr,)):
+                ref = self.class_ref(cls)
+                names.append(f"{ref['module']}.{ref['qualname']}")
+            self._mro_cache[type_addr] = names
+        return names
+
+    # -- values --------------------------------------------------------------------------------------
+    def encode(self, obj: int, path: str, depth: int = 0) -> dict:
+        try:
+            return self._encode(obj, path, depth)
+        except DECODE_ERRORS + (UnicodeDecodeError,) as exc:
+            self.warnings.append(f"{path}: unreadable ({exc})")
+            return {"t": "unsupported", "type": "unreadable", "reason": str(exc)}
+
+    def _encode(self, obj: int, path: str, depth: int) -> dict:
+        o = self.o
+        if depth > _MAX_DEPTH:
+            self.warnings.append(f"{path}: nested too deeply")
+            return {"t": "unsupported", "type": "too deep"}
+        type_addr = o.type_of(obj)
+        kind = o.kind_of_type(type_addr)
+        if kind in _SCALARS:
+            return encode_const(o.read_const(obj))
+        if kind in ("list", "tuple", "set", "frozenset"):
+            items = o.list_items(obj) if kind == "list" else o.tuple_items(obj) if kind == "tuple" else o.set_items(obj)
+            return {"t": kind, "v": [self.encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(items)]}
+        if kind == "dict":
+            return {"t": "dict", "v": self._items(obj, path, depth)}
+        if kind == "type":
+            return self.class_ref(obj) if self.py.heap.is_type_object(type_addr) else self._unsupported(type_addr, path)
+        if kind == "function":
+            return self._function_ref(obj, path, depth)
+        if kind == "method":  # a bound method: its function and the object it is bound to
+            layout = self.py.layout
+            func = o.u64(obj + layout.offset("PyMethodObject", "im_func"))
+            bound = o.u64(obj + layout.offset("PyMethodObject", "im_self"))
+            return {"t": "method", "function": self.encode(func, f"{path}.__func__", depth + 1),
+                    "self": self.encode(bound, f"{path}.__self__", depth + 1)}
+        if kind == "module":
+            return {"t": "pymodule", "v": self.module_names().get(obj) or self._module_name(obj)}
+        if kind == "heap" and self.py.heap.is_type_object(type_addr):
+            return self.class_ref(obj)  # a class whose metaclass is a heap type (ABCMeta subclasses, enums)
+        if self.extension is not None:
+            extended = self.extension.value(self, obj, type_addr, path, depth)
+            if extended is not None:
+                return extended
+        base = o.base_kind(obj)
+        mro = self.mro_names(type_addr)
+        if "enum.Enum" in mro:
+            attrs = self.py.heap.instance_dict(obj)
+            member = o.read_str(attrs["_name_"]) if "_name_" in attrs else None
+            return {"t": "enum", "class": self.class_ref(type_addr), "name": member}
+        if base in ("dict", "list", "tuple") and kind in ("heap", "other"):
+            # OrderedDict (nn.Module's tables), namedtuples, dict subclasses: contents + their class.
+            if base == "dict":
+                return {"t": "dict", "v": self._items(obj, path, depth), "class": self.class_ref(type_addr)}
+            items = o.list_items(obj) if base == "list" else o.tuple_items(obj)
+            return {"t": base, "v": [self.encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(items)],
+                    "class": self.class_ref(type_addr)}
+        if kind == "heap":
+            return self.identity(obj, path, depth, self._object_entry)
+        return self._unsupported(type_addr, path)
+
+    def _items(self, obj: int, path: str, depth: int) -> List[list]:
+        out = []
+        for k, v in self.o.dict_items(obj):
+            key = self.encode(k, f"{path}<key>", depth + 1)
+            label = key.get("v") if key.get("t") == "str" else "?"
+            out.append([key, self.encode(v, f"{path}.{label}", depth + 1)])
+        return out
+
+    def _unsupported(self, type_addr: int, path: str) -> dict:
+        name = self.o.type_name(type_addr) or "?"
+        self.warnings.append(f"{path}: a {name} object cannot be described; the rebuild leaves it out")
+        return {"t": "unsupported", "type": name}
+
+    def _module_name(self, module_obj: int) -> str:
+        namespace = self.o.str_dict(self.o.u64(module_obj + self.o.off_md_dict))
+        return self.o.read_str(namespace["__name__"]) if "__name__" in namespace else "?"
+
+    def _function_ref(self, obj: int, path: str, depth: int) -> dict:
+        func = self.py.read_function(obj)
+        self.functions_seen[obj] = (func.module or "", func.qualname)
+        if ("<locals>" in func.qualname or "<lambda>" in func.qualname or not func.module
+                or ("." not in func.qualname and func.module in self.local_modules) or obj in self.inline_functions
+                or self.named(func.module, func.qualname) != obj):
+            # Made by a call (a decorator's wrapper, a dataclass method), hidden behind a wrapper that
+            # took its name, or living in a module the base environment lacks: no name to look it up
+            # by there, so the function itself is described and its code shipped.
+            return self.identity(obj, path, depth, lambda a, p, d: {"kind": "function", "path": p,
+                                                                      **self.function_entry(a, "function")})
+        return {"t": "function", "module": func.module, "qualname": func.qualname}
+
+    def named(self, module: str, qualname: str) -> Optional[int]:
+        """The address of what module.qualname names in this process (None if nothing)."""
+        o = self.o
+        addr = self.py.heap.modules().get(module)
+        if not addr:
+            return None
+        try:
+            target = addr
+            namespace = o.str_dict(o.u64(addr + o.off_md_dict))
+            for part in qualname.split("."):
+                target = namespace.get(part)
+                if not target:
+                    return None
+                if self.py.heap.is_type_object(o.type_of(target)):
+                    namespace = o.str_dict(o.u64(target + o.off_tp_dict))
+                else:
+                    namespace = {}
+            return target
+        except DECODE_ERRORS:
+            return None
+
+    # -- objects with an identity ----------------------------------------------------------------------
+    def identity(self, obj: int, path: str, depth: int, make) -> dict:
+        known = self._ids.get(obj)
+        if known is None:
+            known = self._ids[obj] = f"o{len(self._ids)}"
+            self.objects[known] = {}  # reserved before its contents: cycles refer back to it
+            self.objects[known] = make(obj, path, depth)
+        return {"t": "ref", "v": known}
+
+    def _object_entry(self, obj: int, path: str, depth: int) -> dict:
+        type_addr = self.o.type_of(obj)
+        entry = {"kind": "object", "class": self.class_ref(type_addr), "path": path}
+        try:
+            attrs = self.py.heap.instance_dict(obj)
+        except DECODE_ERRORS as exc:
+            self.warnings.append(f"{path}: instance attributes unreadable ({exc})")
+            attrs = {}
+        entry["dict"] = {name: self.encode(value, f"{path}.{name}" if path else name, depth + 1)
+                         for name, value in attrs.items()}
+        return entry
+
+    # -- functions and classes for code the base lacks ------------------------------------------------
+    def function_entry(self, func_addr: int, wrapper: str, class_addr: int = 0) -> dict:
+        """A function object's parts that the code object lacks: defaults, closure, globals' module."""
+        o = self.o
+        func = self.py.read_function(func_addr)
+        raw = self.py.function_pointers(func_addr)
+        label = f"{func.module}.{func.qualname}"
+        entry = {"wrapper": wrapper, "name": func.name, "qualname": func.qualname, "module": func.module,
+                 "code": raw["func_code"], "globals": self.module_of_dict(raw["func_globals"]),
+                 "defaults": None, "kwdefaults": None, "closure": None}
+        if raw["func_defaults"]:
+            entry["defaults"] = self.encode(raw["func_defaults"], f"{label}.__defaults__")
+        if raw["func_kwdefaults"]:
+            entry["kwdefaults"] = self.encode(raw["func_kwdefaults"], f"{label}.__kwdefaults__")
+        if raw["func_closure"]:
+            cells = []
+            for i, cell in enumerate(o.tuple_items(raw["func_closure"])):
+                content = o.u64(cell + o.off_cell_ref)
+                if not content:
+                    cells.append({"t": "empty_cell"})
+                elif content == class_addr:
+                    cells.append({"t": "class_cell"})  # super()'s __class__: the rebuilt class itself
+                else:
+                    cells.append(self.encode(content, f"{label}.__closure__[{i}]"))
+            entry["closure"] = cells
+        return entry
+
+    def module_of_dict(self, dict_addr: int) -> Optional[str]:
+        if self._dict_modules is None:
+            self._dict_modules = {}
+            for module_obj, name in self.module_names().items():
+                try:
+                    self._dict_modules.setdefault(self.o.u64(module_obj + self.o.off_md_dict), name)
+                except DECODE_ERRORS:
+                    continue
+        return self._dict_modules.get(dict_addr)
+
+    def class_entry(self, class_addr: int) -> dict:
+        """Everything ``type(name, bases, namespace)`` needs: bases, methods (as function entries),
+        data attributes.  Dunder attributes other than methods are left to ``type`` to make."""
+        o = self.o
+        info = self.py.read_class(class_addr)
+        entry = {"name": info.name, "qualname": info.qualname, "module": info.module,
+                 "bases": [self.class_ref(b) for b in info.bases], "methods": {}, "attributes": {},
+                 "metaclass": self.class_ref(o.type_of(class_addr))}
+        namespace = o.str_dict(o.u64(class_addr + o.off_tp_dict))
+        for name, value in namespace.items():
+            kind = o.base_kind(value)
+            func = self.py.method_function(value)
+            if func and kind in ("function", "staticmethod", "classmethod", "property"):
+                entry["methods"][name] = self.function_entry(func, kind, class_addr)
+                if kind == "property":
+                    self._property_setters(value, entry["methods"][name], class_addr)
+            elif name.startswith("__") and name.endswith("__"):
+                continue
+            else:
+                entry["attributes"][name] = self.encode(value, f"{info.module}.{info.qualname}.{name}")
+        return entry
+
+    def _property_setters(self, prop: int, method: dict, class_addr: int) -> None:
+        layout = self.py.layout
+        for slot, member in (("fset", "prop_set"), ("fdel", "prop_del")):
+            func = self.o.u64(prop + layout.offset("propertyobject", member))
+            if func and self.o.kind(func) == "function":
+                method[slot] = self.function_entry(func, "function", class_addr)
+
+    def module_globals(self, module: str, names: Iterable[str]) -> Dict[str, dict]:
+        addr = self.py.heap.modules().get(module)
+        if not addr:
+            return {}
+        namespace = self.o.str_dict(self.o.u64(addr + self.o.off_md_dict))
+        return {name: self.encode(namespace[name], f"{module}.{name}") for name in sorted(set(names)) if name in namespace}
+
+
+def referenced_classes(reader: StateReader, local_modules: Set[str]) -> List[int]:
+    """Addresses of the heap classes met so far that live in the given modules."""
+    return [addr for (module, _), addr in sorted(reader.classes_seen.items()) if module in local_modules]
