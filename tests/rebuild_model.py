@@ -4,7 +4,6 @@ from a safetensors file written by linux.zen.model, run the fixed input, print t
 usage: rebuild_model.py DEPLOY_SCRIPT BUILDER_EXPR WEIGHTS.safetensors INPUT_JSON
 """
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -14,6 +13,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from volatility3_zen.reuse.__main__ import tensor_sha256  # noqa: E402
 from volatility3_zen.reuse.bundle import read_safetensors  # noqa: E402  (the torch venv need not have safetensors)
 
 
@@ -47,7 +47,7 @@ def main():
         output = model(sample)
     if hasattr(module, "select_output"):
         output = module.select_output(output, inp)
-    print(hashlib.sha256(output.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest())
+    print(tensor_sha256(output))
 
 
 if __name__ == "__main__":

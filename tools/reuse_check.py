@@ -9,10 +9,12 @@ derivative brought, so that the interpreter stands for the base model's environm
 import json
 import os
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Tuple
+
+from tools.build_bml import ISF_DIR, vol_executable
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP = REPO / "tests" / "reuse_setup.py"
@@ -20,11 +22,6 @@ SETUP = REPO / "tests" / "reuse_setup.py"
 # and one thread, so that outputs can be compared bit for bit.
 TORCH_ENV = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
              "MKL_CBWR": "COMPATIBLE"}
-
-
-def vol_command():
-    exe = Path(sys.executable).parent / "vol"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "volatility3.cli"]
 
 
 def model_of(image) -> Tuple[int, dict]:
@@ -40,9 +37,9 @@ def write_bundle(image, out: Path) -> Tuple[Path, dict, float]:
     pid, model = model_of(image)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with __import__("tempfile").TemporaryDirectory() as cache:
-        source = ["-s", str(REPO / "tests" / "data" / "isf"), "-f", str(image.image)] if image.image else ["-f", str(image.cores[pid])]
-        result = subprocess.run(vol_command() + ["-q", "-o", str(out)] + source + ["linux.zen.patchgen",
+    with tempfile.TemporaryDirectory() as cache:
+        source = ["-s", ISF_DIR, "-f", str(image.image)] if image.image else ["-f", str(image.cores[pid])]
+        result = subprocess.run([vol_executable(), "-q", "-o", str(out)] + source + ["linux.zen.patchgen",
                                                  "--pid", str(pid), "--root", str(model["root_addr"]), "--dump"],
                                 capture_output=True, text=True, env=dict(os.environ, XDG_CACHE_HOME=cache))
     if result.returncode != 0:

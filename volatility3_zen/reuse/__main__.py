@@ -34,7 +34,10 @@ def run_input(model, spec: dict):
 
 
 def tensor_sha256(tensor) -> str:
-    return hashlib.sha256(tensor.detach().contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()).hexdigest()
+    """sha256 of the tensor's contents, as the corpus ground truth hashes outputs."""
+    import torch
+
+    return hashlib.sha256(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def main(argv=None) -> int:

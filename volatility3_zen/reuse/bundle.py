@@ -5,6 +5,7 @@ import json
 import marshal
 import sys
 import zipfile
+from importlib import metadata
 from typing import Any, Dict, List, Optional
 
 from ..zenlib import bundleformat
@@ -73,7 +74,6 @@ class PatchBundle:
             if not name or not version:
                 continue
             try:
-                from importlib import metadata
                 installed = metadata.version(name)
             except Exception:  # noqa: BLE001 -- PackageNotFoundError, or a broken install
                 notes.append(f"the base package {name}=={version} is not installed here")

@@ -10,7 +10,10 @@ import sys
 import types
 from typing import Any, Callable, Dict, List, Optional
 
+from ..zenlib.representation.program import decode_const
 from .bundle import ReuseError
+
+_CONSTANT_TAGS = ("None", "Ellipsis", "bool", "int", "float", "complex", "str", "bytes")  # encode_const's scalars
 
 _OMIT = object()  # an attribute the image could not describe: left out of the rebuilt object
 
@@ -41,20 +44,8 @@ class Decoder:
 
     def value(self, encoded: dict, where: str = "") -> Any:
         t = encoded["t"]
-        if t == "None":
-            return None
-        if t == "Ellipsis":
-            return Ellipsis
-        if t in ("bool", "str"):
-            return encoded["v"]
-        if t == "int":
-            return int(encoded["v"])
-        if t == "float":
-            return float.fromhex(encoded["v"])
-        if t == "complex":
-            return complex(float.fromhex(encoded["re"]), float.fromhex(encoded["im"]))
-        if t == "bytes":
-            return bytes.fromhex(encoded["v"])
+        if t in _CONSTANT_TAGS:
+            return decode_const(encoded)
         if t in ("list", "tuple", "set", "frozenset"):
             items = [self.value(v, f"{where}[{i}]") for i, v in enumerate(encoded["v"])]
             items = [v for v in items if v is not _OMIT]

@@ -97,8 +97,6 @@ class Injector:
 
     # -- modules ---------------------------------------------------------------------------------------
     def module(self, name: str) -> types.ModuleType:
-        if name in sys.modules:
-            return sys.modules[name]
         if _importable(name):
             return sys.modules[name]
         parent_name, _, child = name.rpartition(".")

@@ -459,7 +459,7 @@ def _function_object(reader, feature: CodeFeature, classes: Dict[str, Any]) -> O
             namespace = o.str_dict(o.u64(owner.address + o.off_tp_dict))
             scope = owner.address
         else:
-            module_addr = py.heap.modules().get(feature.module)
+            module_addr = reader.modules().get(feature.module)
             if not module_addr:
                 return None
             namespace = o.str_dict(o.u64(module_addr + o.off_md_dict))

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from .analysis import attribution, diff, similarity
+from .representation.model import readable_value
 from .representation.unified import CodeFeature, UnifiedRepresentation
 
 __all__ = ["MAX_HEATMAP_COLUMNS", "MAX_HEATMAP_ROWS", "REPORT_SUFFIX", "code_text", "render_html", "report_name"]
@@ -302,30 +303,12 @@ def _list(items: Sequence[Any], css: str = "") -> str:
 
 
 def _value_text(encoded: Any) -> str:
-    """A class attribute in the tagged form of representation.model.encode_value, as a Python literal."""
+    """A class attribute in the tagged form of representation.model.encode_value, as a Python literal
+    (its JSON where the form is not one ``readable_value`` knows)."""
     try:
-        tag = encoded["t"]
-        if tag in ("None", "Ellipsis"):
-            return tag
-        if tag in ("int", "bool"):
-            return str(encoded["v"])
-        if tag == "float":
-            return repr(float.fromhex(encoded["v"]))
-        if tag == "str":
-            return repr(encoded["v"])
-        if tag == "bytes":
-            return repr(bytes.fromhex(encoded["v"]))
-        if tag == "complex":
-            return repr(complex(float.fromhex(encoded["re"]), float.fromhex(encoded["im"])))
-        if tag in ("tuple", "list", "frozenset"):
-            inner = ", ".join(_value_text(v) for v in encoded["v"])
-            return {"tuple": f"({inner}{',' if len(encoded['v']) == 1 else ''})", "list": f"[{inner}]",
-                    "frozenset": f"frozenset({{{inner}}})"}[tag]
-        if tag == "dict":
-            return "{" + ", ".join(f"{k!r}: {_value_text(v)}" for k, v in encoded["v"]) + "}"
+        return readable_value(encoded)
     except (KeyError, TypeError, ValueError):
-        pass
-    return json.dumps(encoded, sort_keys=True, default=str)
+        return json.dumps(encoded, sort_keys=True, default=str)
 
 
 def _attribution_table(result: attribution.Attribution) -> str:

@@ -40,6 +40,7 @@ class StateReader:
         self.classes_seen: Dict[Tuple[str, str], int] = {}  # (module, qualname) -> address of heap classes met
         self.functions_seen: Dict[int, Tuple[str, str]] = {}  # function address -> (module, qualname)
         self.warnings: List[str] = []
+        self._modules: Optional[Dict[str, int]] = None
         self._module_names: Optional[Dict[int, str]] = None
         self._mro_cache: Dict[int, List[str]] = {}
         self._dict_modules: Optional[Dict[int, str]] = None
@@ -47,9 +48,15 @@ class StateReader:
         self.inline_functions: Set[int] = set()  # and these (added to a module the base has)
 
     # -- names ---------------------------------------------------------------------------------------
+    def modules(self) -> Dict[str, int]:
+        """sys.modules of the process (name -> module address), read once."""
+        if self._modules is None:
+            self._modules = self.py.heap.modules()
+        return self._modules
+
     def module_names(self) -> Dict[int, str]:
         if self._module_names is None:
-            self._module_names = {addr: name for name, addr in self.py.heap.modules().items()}
+            self._module_names = {addr: name for name, addr in self.modules().items()}
         return self._module_names
 
     def class_ref(self, type_addr: int) -> dict:
@@ -166,7 +173,7 @@ class StateReader:
     def named(self, module: str, qualname: str) -> Optional[int]:
         """The address of what module.qualname names in this process (None if nothing)."""
         o = self.o
-        addr = self.py.heap.modules().get(module)
+        addr = self.modules().get(module)
         if not addr:
             return None
         try:
@@ -272,7 +279,7 @@ class StateReader:
                 method[slot] = self.function_entry(func, "function", class_addr)
 
     def module_globals(self, module: str, names: Iterable[str]) -> Dict[str, dict]:
-        addr = self.py.heap.modules().get(module)
+        addr = self.modules().get(module)
         if not addr:
             return {}
         namespace = self.o.str_dict(self.o.u64(addr + self.o.off_md_dict))

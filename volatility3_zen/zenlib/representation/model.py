@@ -8,7 +8,7 @@ tensor's bytes (``TensorReader.read_bytes``).
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .program import encode_const
+from .program import decode_const, encode_const
 
 
 @dataclass
@@ -73,6 +73,23 @@ def encode_value(value: Any) -> Optional[Dict[str, Any]]:
     if isinstance(value, tuple):
         return {"t": "tuple", "v": [encode_value(v) for v in value]}
     return encode_const(value)
+
+
+def readable_value(encoded: dict) -> str:
+    """Python-like text of an encoded hyper-parameter (the JSON dump keeps the exact tagged form)."""
+    tag = encoded["t"]
+    if tag in ("list", "tuple"):
+        items = [readable_value(v) for v in encoded["v"]]
+        if tag == "tuple":
+            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        return "[" + ", ".join(items) + "]"
+    if tag == "dict":
+        return "{" + ", ".join(f"{k!r}: {readable_value(v)}" for k, v in encoded["v"]) + "}"
+    if tag == "dtype":
+        return f"torch.{encoded['v']}"
+    if tag == "device":
+        return f"device({encoded['v']!r})"
+    return repr(decode_const(encoded))
 
 
 @dataclass

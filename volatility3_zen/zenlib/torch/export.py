@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo
+from ..representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo, readable_value
 
 # safetensors dtype names for torch dtypes numpy cannot represent natively: stored as raw bytes with
 # the right safetensors dtype tag, so torch loads them back exactly.
@@ -87,25 +87,6 @@ def dump(model: ModelRepresentation, context: ExecutionContext, torch_process, o
         fh.write(safetensors_bytes(model, torch_process.tensors.read_bytes))
     with open_file(f"{stem}.model.json") as fh:
         fh.write(json.dumps(model.to_json(context), indent=1, sort_keys=True).encode())
-
-
-def readable_value(encoded: dict) -> str:
-    """Python-like text of an encoded hyper-parameter (the JSON dump keeps the exact tagged form)."""
-    tag = encoded["t"]
-    if tag in ("list", "tuple"):
-        items = [readable_value(v) for v in encoded["v"]]
-        if tag == "tuple":
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-        return "[" + ", ".join(items) + "]"
-    if tag == "dict":
-        return "{" + ", ".join(f"{k!r}: {readable_value(v)}" for k, v in encoded["v"]) + "}"
-    if tag == "dtype":
-        return f"torch.{encoded['v']}"
-    if tag == "device":
-        return f"device({encoded['v']!r})"
-    from ..representation.program import decode_const
-
-    return repr(decode_const(encoded))
 
 
 def readable_hyperparameters(values: Dict[str, dict]) -> str:
