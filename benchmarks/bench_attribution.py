@@ -37,7 +37,7 @@ def fingerprint(record, kind):
     """The UR of the ground truth's model, recovered in-process as the plugin does."""
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from zen_testlib import construct
-    from volatility3_zen.zenlib import session
+    from volatility3_zen.zenlib.vol import session
 
     pid, root = model_root(record)
     image = str(record.image) if kind == "lime" else str(record.cores[pid])
@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from volatility3_zen.zenlib import bml
+    from volatility3_zen.zenlib.analysis import library as bml
     from volatility3_zen.zenlib.analysis import attribution
 
     library = bml.BaseModelLibrary(args.bml).all()

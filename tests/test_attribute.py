@@ -13,7 +13,8 @@ import pytest
 
 import zen_testlib
 from tools.corpus import catalog, load_ground_truth
-from volatility3_zen.zenlib import bml, session
+from volatility3_zen.zenlib.analysis import library as bml
+from volatility3_zen.zenlib.vol import session
 from volatility3_zen.zenlib.analysis import attribution
 from volatility3_zen.zenlib.representation.unified import UnifiedRepresentation
 

@@ -14,10 +14,10 @@ import subprocess
 import pytest
 
 from tools.corpus import ensure_image, load_ground_truth
-from volatility3_zen.zenlib import session
-from volatility3_zen.zenlib import volatility as volglue
-from volatility3_zen.zenlib.cpython.recover import PythonProcess
-from volatility3_zen.zenlib.cpython.runtime import METHODS, detect_version, find_runtime
+from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.vol import targets as volglue
+from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
+from volatility3_zen.zenlib.readers.cpython.runtime import METHODS, detect_version, find_runtime
 from volatility3_zen.zenlib.representation.program import encode_const
 
 import zen_testlib

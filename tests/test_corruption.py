@@ -31,13 +31,13 @@ from typing import Dict, List, Optional, Set
 import pytest
 
 from tools.corpus import ensure_image, load_ground_truth
-from volatility3_zen.zenlib import session
-from volatility3_zen.zenlib import volatility as volglue
-from volatility3_zen.zenlib.cpython.code import CodeReader
-from volatility3_zen.zenlib.elfimage import PT_LOAD
-from volatility3_zen.zenlib.cpython.objects import ObjectReader
-from volatility3_zen.zenlib.cpython.recover import PythonProcess
-from volatility3_zen.zenlib.cpython.runtime import threads_head_offset
+from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.vol import targets as volglue
+from volatility3_zen.zenlib.readers.cpython.code import CodeReader
+from volatility3_zen.zenlib.readers.elfimage import PT_LOAD
+from volatility3_zen.zenlib.readers.cpython.objects import ObjectReader
+from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
+from volatility3_zen.zenlib.readers.cpython.runtime import threads_head_offset
 from volatility3_zen.zenlib.errors import ZenError
 
 import zen_testlib

@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
-from volatility3_zen.zenlib.cpython import layouts
-from volatility3_zen.zenlib.cpython.layouts import CPythonLayout, LayoutKeyError, load_layout, supported_versions
+from volatility3_zen.zenlib.readers.cpython import layouts
+from volatility3_zen.zenlib.readers.cpython.layouts import CPythonLayout, LayoutKeyError, load_layout, supported_versions
 from volatility3_zen.zenlib.errors import UnsupportedVersionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -935,7 +935,7 @@ def test_opcodes_load_lazily_and_fill_defaults_before_3_11():
 
 
 def test_loader_needs_neither_volatility_nor_jsonschema():
-    code = ("import sys; from volatility3_zen.zenlib.cpython.layouts import load_layout; "
+    code = ("import sys; from volatility3_zen.zenlib.readers.cpython.layouts import load_layout; "
             "L = load_layout('3.12'); L.offset('PyObject', 'ob_type'); L.opcodes; "
             "assert not {'volatility3', 'jsonschema'} & set(sys.modules), sorted(sys.modules)")
     env = dict(os.environ, PYTHONPATH=REPO)

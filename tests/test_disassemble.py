@@ -8,13 +8,7 @@ import re
 import pytest
 from test_marshal_writer import VERSIONS, compiled_sample, run_in_target
 
-from volatility3_zen.zenlib.cpython.disassemble import (
-    code_tree,
-    decompile,
-    disassemble,
-    normalized_disassembly,
-    xdis_code,
-)
+from volatility3_zen.zenlib.readers.cpython.disassemble import code_tree, decompile, disassemble, normalized_disassembly, xdis_code
 from volatility3_zen.zenlib.errors import CorruptObjectError, UnsupportedVersionError
 from volatility3_zen.zenlib.representation.program import CodeRef
 

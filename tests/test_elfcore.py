@@ -29,7 +29,7 @@ from volatility3.framework.automagic import stacker
 from volatility3.framework.layers import elf, physical
 
 from volatility3_zen import capture
-from volatility3_zen.zenlib.layers import elfcore
+from volatility3_zen.zenlib.vol.layers import elfcore
 
 REPO = Path(__file__).resolve().parent.parent
 ISF_DIR = REPO / "tests" / "data" / "isf"
@@ -359,7 +359,7 @@ CHECK_PLUGIN = textwrap.dedent(
     '''
     from volatility3.framework import interfaces, renderers
     from volatility3.framework.configuration import requirements
-    from volatility3_zen.zenlib.layers import elfcore  # registers the stacker
+    from volatility3_zen.zenlib.vol.layers import elfcore  # registers the stacker
 
 
     class CoreCheck(interfaces.plugins.PluginInterface):

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from volatility3_zen.zenlib.cpython import marshal_writer
-from volatility3_zen.zenlib.cpython.marshal_writer import CODE_FIELDS, PYC_MAGIC, dumps_code, pyc_bytes
+from volatility3_zen.zenlib.readers.cpython import marshal_writer
+from volatility3_zen.zenlib.readers.cpython.marshal_writer import CODE_FIELDS, PYC_MAGIC, dumps_code, pyc_bytes
 from volatility3_zen.zenlib.errors import CorruptObjectError, UnsupportedVersionError
 from volatility3_zen.zenlib.representation import program
 from volatility3_zen.zenlib.representation.program import CodeObject, CodeRef, decode_const

@@ -14,7 +14,7 @@ import pytest
 
 from tools.corpus import ensure_image, load_ground_truth
 from tools.corpus import interpreters
-from volatility3_zen.zenlib import session
+from volatility3_zen.zenlib.vol import session
 
 import zen_testlib
 

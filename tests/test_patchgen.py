@@ -16,7 +16,7 @@ import pytest
 import zen_testlib
 from test_attribution import OBFUSCATION, RESNET, as_other_version, make_ur, obfuscate, resnet_se_source, resnet_spec
 from tools.corpus import interpreters, load_ground_truth
-from volatility3_zen.zenlib import patchbundle
+from volatility3_zen.zenlib.bundle import collect as patchbundle
 from volatility3_zen.zenlib.analysis.attribution import pr_matching
 from volatility3_zen.zenlib.analysis.diff import diff_models
 from volatility3_zen.zenlib.representation.unified import (

@@ -1,4 +1,4 @@
-"""The forensic HTML report (zenlib/report.py) and its file next to the patch bundle.
+"""The forensic HTML report (zenlib/bundle/report.py) and its file next to the patch bundle.
 
 The report is rendered from representations only: hand-built URs (no image needed), a base of the
 library against itself, and targets that linux.zen.patchgen recovered from corpus images (the UR the
@@ -19,9 +19,11 @@ import pytest
 import zen_testlib
 from test_attribution import RESNET, make_ur, resnet_se_source, resnet_spec
 from test_patchgen import _model
-from volatility3_zen.zenlib import bml, patchbundle, report
+from volatility3_zen.zenlib.analysis import library as bml
+from volatility3_zen.zenlib.bundle import collect as patchbundle
+from volatility3_zen.zenlib.bundle import report
 from volatility3_zen.zenlib.analysis import attribution, diff
-from volatility3_zen.zenlib.report import _text as visible  # how the page shows a name read from memory
+from volatility3_zen.zenlib.bundle.report import _text as visible  # how the page shows a name read from memory
 from volatility3_zen.zenlib.representation.unified import UnifiedRepresentation
 
 # Elements that never have an end tag; everything else must nest properly.

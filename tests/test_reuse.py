@@ -20,7 +20,7 @@ import pytest
 
 from tools import reuse_check
 from tools.corpus import catalog, load_ground_truth
-from volatility3_zen.zenlib import bundleformat
+from volatility3_zen.zenlib.bundle import format as bundleformat
 
 REPO = Path(__file__).resolve().parent.parent
 # Derivatives whose rebuild works without the patch, and why (checked, not assumed: the test asserts

@@ -19,9 +19,9 @@ import sys
 import pytest
 
 from volatility3_zen.zenlib.errors import UnsupportedVersionError
-from volatility3_zen.zenlib.torch import layouts
-from volatility3_zen.zenlib.torch.layouts import LayoutKeyError, TorchLayout, load_torch_layout, supported_versions
-from volatility3_zen.zenlib.torch.tensors import FIELDS, TensorReader
+from volatility3_zen.zenlib.readers.torch import layouts
+from volatility3_zen.zenlib.readers.torch.layouts import LayoutKeyError, TorchLayout, load_torch_layout, supported_versions
+from volatility3_zen.zenlib.readers.torch.tensors import FIELDS, TensorReader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = "2.13.0"

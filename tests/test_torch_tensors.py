@@ -1,4 +1,4 @@
-"""Tensors read back from a real torch process's core dump (volatility3_zen.zenlib.torch.tensors).
+"""Tensors read back from a real torch process's core dump (volatility3_zen.zenlib.readers.torch.tensors).
 
 A torch interpreter builds tensors of every kind, writes what torch itself says about each (id,
 shape, strides, storage offset, dtype, storage, and the sha256 of ``t.detach().contiguous()``'s
@@ -22,9 +22,9 @@ from typing import List, Tuple
 import pytest
 
 from volatility3_zen.zenlib.errors import CorruptObjectError
-from volatility3_zen.zenlib.memory import MemoryRegion, ProcessMemory
-from volatility3_zen.zenlib.torch.layouts import load_torch_layout
-from volatility3_zen.zenlib.torch.tensors import TensorDataUnavailableError, TensorReader
+from volatility3_zen.zenlib.readers.memory import MemoryRegion, ProcessMemory
+from volatility3_zen.zenlib.readers.torch.layouts import load_torch_layout
+from volatility3_zen.zenlib.readers.torch.tensors import TensorDataUnavailableError, TensorReader
 
 def torch_python() -> Tuple[str, str]:
     """(interpreter, torch.__version__): $ZEN_TORCH_PYTHON, else the corpus harness's torch venv (created
@@ -104,7 +104,7 @@ NAMES = ["float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", 
          "7d", "6d_permuted", "empty", "shared_view", "shared_slice", "parameter", "grad_fn", "large", "meta"]
 
 
-# -- a minimal ELF core reader (the project's real one is zenlib/layers) -------------------------------
+# -- a minimal ELF core reader (the project's real one is zenlib/vol/layers) -------------------------------
 
 PT_LOAD = 1
 PHDR = struct.Struct("<IIQQQQQQ")  # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the per-version CPython layout tables (Volatility ISF) and opcode tables.
 
-The readers in ``volatility3_zen.zenlib.cpython`` need no hard-coded offset: every struct layout comes
+The readers in ``volatility3_zen.zenlib.readers.cpython`` need no hard-coded offset: every struct layout comes
 from the DWARF of a libpython built with ``-g`` (pyenv ``--enable-shared``), every constant from that
 version's own headers (expanded by the C preprocessor, so ``#if`` branches resolve as in the build), and
 every de-quickening table from the bytes of that libpython (``.symtab`` + DWARF array size).  Nothing is

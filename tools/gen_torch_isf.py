@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 # of the tables we derive (stored as ISF enums) and release numbers are the loader's.
 from tools.gen_cpython_isf import (BASE_KINDS, ISF_FORMAT, array_counts, attr_int, bit_layout, die_name,  # noqa: E402
                                    member_location, sha256_file, write_json)
-from volatility3_zen.zenlib.torch.layouts import DEVICE_ENUM, DTYPE_ENUM, ITEMSIZE_ENUM, release  # noqa: E402
+from volatility3_zen.zenlib.readers.torch.layouts import DEVICE_ENUM, DTYPE_ENUM, ITEMSIZE_ENUM, release  # noqa: E402
 
 PRODUCER = {"name": "volatility3-zen/tools/gen_torch_isf.py", "version": "1.0.0"}
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))

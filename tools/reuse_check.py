@@ -56,7 +56,7 @@ def interpreter(image) -> str:
 def hidden_packages(bundle: Path) -> str:
     """Top-level packages that only the derivative brought: those of its added classes and of the
     modules the bundle creates, minus the base's own packages (from its fingerprint in bml/)."""
-    from volatility3_zen.zenlib import bundleformat
+    from volatility3_zen.zenlib.bundle import format as bundleformat
 
     members = bundleformat.read_members(bundle)
     manifest = json.loads(members["manifest.json"])

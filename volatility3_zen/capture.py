@@ -25,29 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, List, Optional, Sequence
 
 from volatility3_zen.zenlib.errors import ZenError
-from volatility3_zen.zenlib.layers.elfcore import (
-    CORE_OWNER,
-    ELF64_EHDR,
-    ELF64_NHDR,
-    ELF64_PHDR,
-    ELF_MAGIC,
-    ELF_PRPSINFO,
-    ELFCLASS64,
-    ELFDATA2LSB,
-    ET_CORE,
-    EV_CURRENT,
-    NT_AUXV,
-    NT_FILE,
-    NT_FILE_ENTRY,
-    NT_FILE_HEADER,
-    NT_PRPSINFO,
-    PF_R,
-    PF_W,
-    PF_X,
-    PN_XNUM,
-    PT_LOAD,
-    PT_NOTE,
-)
+from volatility3_zen.zenlib.vol.layers.elfcore import CORE_OWNER, ELF64_EHDR, ELF64_NHDR, ELF64_PHDR, ELF_MAGIC, ELF_PRPSINFO, ELFCLASS64, ELFDATA2LSB, ET_CORE, EV_CURRENT, NT_AUXV, NT_FILE, NT_FILE_ENTRY, NT_FILE_HEADER, NT_PRPSINFO, PF_R, PF_W, PF_X, PN_XNUM, PT_LOAD, PT_NOTE
 
 _MACHINES = {"x86_64": 62, "aarch64": 183}
 _READ_CHUNK = 1 << 20

@@ -8,7 +8,7 @@ import zipfile
 from importlib import metadata
 from typing import Any, Dict, List, Optional
 
-from ..zenlib import bundleformat
+from ..zenlib.bundle import format as bundleformat
 
 
 class ReuseError(Exception):

@@ -14,7 +14,8 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib import bml, session
+from volatility3_zen.zenlib.analysis import library as bml
+from volatility3_zen.zenlib.vol import session
 from volatility3_zen.zenlib.analysis import attribution
 
 vollog = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib import session
-from volatility3_zen.zenlib.analysis.code_index import CodeEntry, index_code_objects
+from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.readers.cpython.code_index import CodeEntry, index_code_objects
 
 vollog = logging.getLogger(__name__)
 

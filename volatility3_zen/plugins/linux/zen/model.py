@@ -7,8 +7,8 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib import session
-from volatility3_zen.zenlib.torch import export
+from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.readers.torch import export
 
 vollog = logging.getLogger(__name__)
 

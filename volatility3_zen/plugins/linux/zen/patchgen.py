@@ -16,9 +16,12 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib import bml, patchbundle, report, session
+from volatility3_zen.zenlib.analysis import library as bml
+from volatility3_zen.zenlib.bundle import collect as patchbundle
+from volatility3_zen.zenlib.bundle import report
+from volatility3_zen.zenlib.vol import session
 from volatility3_zen.zenlib.analysis import attribution, diff
-from volatility3_zen.zenlib.cpython.recover import PythonProcess
+from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
 from volatility3_zen.zenlib.errors import ZenError
 
 vollog = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import MemoryReadError
+from ..errors import MemoryReadError
 
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")

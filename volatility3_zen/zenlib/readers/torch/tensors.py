@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy
 from numpy.lib.stride_tricks import as_strided
 
-from ..errors import CorruptObjectError, MemoryReadError, UnsupportedVersionError, ZenError
+from ...errors import CorruptObjectError, MemoryReadError, UnsupportedVersionError, ZenError
 from ..memory import ProcessMemory
-from ..representation.model import TensorInfo
+from ...representation.model import TensorInfo
 from .layouts import TorchLayout
 
 THP_VARIABLE = "THPVariable"

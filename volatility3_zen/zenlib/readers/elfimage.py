@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import MemoryReadError
+from ..errors import MemoryReadError
 from .memory import MemoryRegion, ProcessMemory
 
 # Declarative ELF64 little-endian structures (what we read, in one place).

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from ..representation.program import ClassInfo, CodeObject, Function, nested_code
+from ...representation.program import ClassInfo, CodeObject, Function, nested_code
 from .objects import DECODE_ERRORS
 from .recover import PythonProcess
 

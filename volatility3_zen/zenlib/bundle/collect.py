@@ -16,19 +16,19 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import __version__
-from .analysis import attribution as attribution_mod
-from .analysis import code_index
-from .bundleformat import BUNDLE_FORMAT, BUNDLE_SCHEMA_VERSION, BUNDLE_SUFFIX, MANIFEST, read_members, verify  # noqa: F401
-from .analysis.diff import ModelDiff
-from .cpython import disassemble, marshal_writer
-from .cpython.objects import DECODE_ERRORS
-from .cpython.recover import PythonProcess
-from .errors import ZenError
-from .fingerprint import version_of
-from .representation.model import encode_value
-from .representation.program import CodeObject, encode_const, nested_code
-from .representation.unified import CodeFeature, UnifiedRepresentation
+from ... import __version__
+from ..analysis import attribution as attribution_mod
+from ..readers.cpython import code_index
+from .format import BUNDLE_FORMAT, BUNDLE_SCHEMA_VERSION, BUNDLE_SUFFIX, MANIFEST, read_members, verify  # noqa: F401
+from ..analysis.diff import ModelDiff
+from ..readers.cpython import disassemble, marshal_writer
+from ..readers.cpython.objects import DECODE_ERRORS
+from ..readers.cpython.recover import PythonProcess
+from ..errors import ZenError
+from ..readers.fingerprint import version_of
+from ..representation.model import encode_value
+from ..representation.program import CodeObject, encode_const, nested_code
+from ..representation.unified import CodeFeature, UnifiedRepresentation
 
 # Fixed zip timestamps: the same model and base give the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -279,8 +279,8 @@ def _torch_parts(python: PythonProcess, root: int, target: UnifiedRepresentation
                  warnings: List[str]) -> Tuple[Optional[str], Dict[str, Any], Optional[tuple]]:
     """weights.safetensors and model.json for an nn.Module root; (torch version, context.json,
     (TorchProcess, ModelRepresentation) for the object state, or None)."""
-    from .torch import export
-    from .torch.model import TorchProcess
+    from ..readers.torch import export
+    from ..readers.torch.model import TorchProcess
 
     context = {"python_version": target.python_version, "python": python.runtime.version, "torch_version": None,
                "packages": {}, "requirements": [], "native_libraries": [],
@@ -321,9 +321,9 @@ def _object_state(python: PythonProcess, parts: Optional[tuple], root: int, targ
     """objects.json: the model's object graph, the classes and functions to inject (with the module
     globals their code reads) and the functions to patch; state.safetensors: the tensors that are not
     in the state_dict.  Unchanged methods of the classes to inject are shipped as ``carried`` code."""
-    from .torch import export
-    from .cpython.state import OBJECTS_SCHEMA_VERSION, StateReader, referenced_classes
-    from .torch.state import TorchValues
+    from ..readers.torch import export
+    from ..readers.cpython.state import OBJECTS_SCHEMA_VERSION, StateReader, referenced_classes
+    from ..readers.torch.state import TorchValues
 
     torch_process, model = parts if parts else (None, None)
     weight_names: Dict[int, str] = {}

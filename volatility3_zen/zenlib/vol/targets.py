@@ -17,7 +17,7 @@ from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import linear
 
 from .layers.elfcore import ProcessCoreLayer
-from .memory import MemoryRegion, ProcessMemory
+from ..readers.memory import MemoryRegion, ProcessMemory
 
 vollog = logging.getLogger(__name__)
 

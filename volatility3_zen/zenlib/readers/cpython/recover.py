@@ -7,9 +7,9 @@ walk goes on, so a smeared image still yields a partial table.
 import struct
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..errors import CorruptObjectError, MemoryReadError
+from ...errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
-from ..representation.program import ClassInfo, Function, InterpreterInfo, ModuleInfo, Program, nested_code
+from ...representation.program import ClassInfo, Function, InterpreterInfo, ModuleInfo, Program, nested_code
 from .code import CodeReader
 from .heap import Heap, Py_TPFLAGS_HEAPTYPE
 from .objects import DECODE_ERRORS, ObjectReader

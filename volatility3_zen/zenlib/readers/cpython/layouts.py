@@ -14,9 +14,9 @@ import os
 import re
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
-from ..errors import UnsupportedVersionError
+from ...errors import UnsupportedVersionError
 
-SYMBOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+SYMBOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
                            "symbols", "cpython")
 _ISF_FILE = re.compile(r"cpython-(\d+)\.(\d+)\.json")
 

@@ -11,18 +11,15 @@ The result is plain data (``representation.unified``); analysis never needs the 
 import hashlib
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from .analysis.code_index import function_id as make_function_id, nested_kind
+from .cpython.code_index import function_id as make_function_id, nested_kind
 from .cpython import disassemble
 from .cpython.objects import DECODE_ERRORS
 from .cpython.reach import CodeReach, ReachedCode, is_framework_module
 from .cpython.recover import PythonProcess
-from .errors import CorruptObjectError
-from .representation.model import ModelRepresentation
-from .representation.program import ClassInfo, CodeObject, nested_code
-from .representation.unified import (
-    ClassFeature, CodeFeature, LayerNode, MathematicalRepresentation, ProgramRepresentation,
-    UnifiedRepresentation,
-)
+from ..errors import CorruptObjectError
+from ..representation.model import ModelRepresentation
+from ..representation.program import ClassInfo, CodeObject, nested_code
+from ..representation.unified import ClassFeature, CodeFeature, LayerNode, MathematicalRepresentation, ProgramRepresentation, UnifiedRepresentation
 
 TOOL = "volatility3-zen"
 CALL_OPS = ("CALL", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD", "CALL_KW")

@@ -8,8 +8,8 @@ byte string; 3.12+ may also hold instrumentation data in ``_co_monitoring``.
 import struct
 from typing import List, Tuple
 
-from ..errors import CorruptObjectError, MemoryReadError
-from ..representation.program import CodeObject
+from ...errors import CorruptObjectError, MemoryReadError
+from ...representation.program import CodeObject
 from . import bytecode
 from .objects import ObjectReader
 

@@ -17,7 +17,7 @@ attribute out and says so.
 
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from ..representation.program import encode_const
+from ...representation.program import encode_const
 from .objects import DECODE_ERRORS
 from .recover import PythonProcess
 

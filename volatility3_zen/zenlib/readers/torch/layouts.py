@@ -17,9 +17,9 @@ import os
 import re
 from typing import Dict, List, Set, Tuple
 
-from ..errors import UnsupportedVersionError
+from ...errors import UnsupportedVersionError
 
-SYMBOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+SYMBOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
                            "symbols", "torch")
 _ISF_FILE = re.compile(r"torch-(\d+\.\d+\.\d+)\.json")
 

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from volatility3.framework import constants, exceptions, interfaces
 from volatility3.framework.layers import linear, segmented
 
-from ..memory import MemoryRegion
+from ...readers.memory import MemoryRegion
 
 vollog = logging.getLogger(__name__)
 

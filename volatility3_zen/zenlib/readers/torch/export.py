@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo, readable_value
+from ...representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo, readable_value
 
 # safetensors dtype names for torch dtypes numpy cannot represent natively: stored as raw bytes with
 # the right safetensors dtype tag, so torch loads them back exactly.

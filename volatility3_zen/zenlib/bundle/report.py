@@ -20,10 +20,10 @@ import json
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .. import __version__
-from .analysis import attribution, diff, similarity
-from .representation.model import readable_value
-from .representation.unified import CodeFeature, UnifiedRepresentation
+from ... import __version__
+from ..analysis import attribution, diff, similarity
+from ..representation.model import readable_value
+from ..representation.unified import CodeFeature, UnifiedRepresentation
 
 __all__ = ["MAX_HEATMAP_COLUMNS", "MAX_HEATMAP_ROWS", "REPORT_SUFFIX", "code_text", "render_html", "report_name"]
 

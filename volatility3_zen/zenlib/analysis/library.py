@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import ZenError
-from .representation.unified import UnifiedRepresentation
+from ..errors import ZenError
+from ..representation.unified import UnifiedRepresentation
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ENVIRONMENT_VARIABLE = "ZEN_BML"
@@ -29,7 +29,7 @@ def default_directory() -> Path:
     """$ZEN_BML, else the checkout's bml/, else the copy a wheel installs under <prefix>/share."""
     if os.environ.get(ENVIRONMENT_VARIABLE):
         return Path(os.environ[ENVIRONMENT_VARIABLE])
-    checkout = Path(__file__).resolve().parents[2] / "bml"
+    checkout = Path(__file__).resolve().parents[3] / "bml"
     if checkout.is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "volatility3-zen" / "bml"

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy
 
-from ..errors import CorruptObjectError, MemoryReadError
+from ...errors import CorruptObjectError, MemoryReadError
 from .objects import ObjectReader
 from .runtime import Runtime
 

@@ -10,10 +10,8 @@ The tree follows each module's ``_modules`` dict, which keeps registration order
 import hashlib
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from ..errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError
-from ..representation.model import (
-    ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, encode_value,
-)
+from ...errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError
+from ...representation.model import ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, encode_value
 from ..cpython.recover import PythonProcess
 from .layouts import load_torch_layout
 from .tensors import TensorDataUnavailableError, TensorReader

@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Iterable, Optional, Set, Tuple, Union
 
-from ..errors import CorruptObjectError, UnsupportedVersionError
-from ..representation.program import CodeObject, CodeRef
+from ...errors import CorruptObjectError, UnsupportedVersionError
+from ...representation.program import CodeObject, CodeRef
 
 Version = Tuple[int, int]
 Resolver = Callable[[int], CodeObject]

@@ -20,8 +20,8 @@ from xdis.codetype import to_portable
 from xdis.cross_dis import format_code_info, format_exception_table
 from xdis.op_imports import get_opcode_module
 
-from ..errors import CorruptObjectError
-from ..representation.program import CodeObject, CodeRef
+from ...errors import CorruptObjectError
+from ...representation.program import CodeObject, CodeRef
 from .marshal_writer import supported_version
 
 Version = Tuple[int, int]

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy
 
 from ..elfimage import ElfImage, PT_LOAD, loaded_images
-from ..errors import MemoryReadError, NoPythonError, UnsupportedVersionError
+from ...errors import MemoryReadError, NoPythonError, UnsupportedVersionError
 from ..memory import ProcessMemory
 from .layouts import CPythonLayout, load_layout, supported_versions
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
-from ..representation.program import CodeObject, Program, nested_code
+from ...representation.program import CodeObject, Program, nested_code
 
 CO_VARARGS = 0x04
 CO_VARKEYWORDS = 0x08

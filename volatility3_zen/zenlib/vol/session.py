@@ -18,12 +18,12 @@ from volatility3.framework.configuration import requirements
 from volatility3.plugins.linux import pslist
 
 from . import automagic as _register_automagic  # noqa: F401 - Volatility finds automagics by subclass
-from . import volatility as volglue
-from .cpython.objects import DECODE_ERRORS
-from .cpython.recover import PythonProcess
-from .cpython.runtime import hosts_python
-from .errors import CorruptObjectError, NoPythonError, ZenError
-from .representation.program import CodeObject, Program
+from . import targets as volglue
+from ..readers.cpython.objects import DECODE_ERRORS
+from ..readers.cpython.recover import PythonProcess
+from ..readers.cpython.runtime import hosts_python
+from ..errors import CorruptObjectError, NoPythonError, ZenError
+from ..representation.program import CodeObject, Program
 
 vollog = logging.getLogger(__name__)
 MAX_REPORTED_WARNINGS = 20
@@ -123,7 +123,7 @@ def programs(context, config, progress: Optional[Callable] = None) -> Iterator[T
 
 def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchProcess"]]:  # noqa: F821 - imported lazily
     """CPython processes that imported torch (others are skipped, or fatal when named with --pid)."""
-    from .torch.model import TorchProcess
+    from ..readers.torch.model import TorchProcess
 
     pids = config.get("pid") or None
     found = 0
@@ -175,7 +175,7 @@ def _resolver(program: Program) -> Callable[[int], CodeObject]:
 def source_text(program: Program, code: CodeObject) -> str:
     """Decompiled source where a decompiler supports the version, else disassembly; for a code object
     that neither can render (its nested code lost, or garbled by smeared memory), a comment saying why."""
-    from .cpython import disassemble
+    from ..readers.cpython import disassemble
 
     version = _version_tuple(program)
     resolve = _resolver(program)
@@ -199,7 +199,7 @@ def dump_code_objects(program: Program, entries, open_file, sources: Optional[Di
     ``sources`` (code address -> text) is filled so that a caller showing the text too does not
     decompile twice (decompiling is the slow part)."""
     sources = {} if sources is None else sources
-    from .cpython import marshal_writer
+    from ..readers.cpython import marshal_writer
 
     version = _version_tuple(program)
     resolve = _resolver(program)
@@ -231,8 +231,8 @@ def model_fingerprints(context, config, roots=None, with_source: bool = False):
     """(target, UR) for every model root of every selected process: the nn.Module roots of torch
     processes (or the modules at ``roots``), and in processes without torch the plain-Python objects
     at ``roots`` (a plain model has no tree to find its root by)."""
-    from .fingerprint import Fingerprinter
-    from .torch.model import TorchProcess
+    from ..readers.fingerprint import Fingerprinter
+    from ..readers.torch.model import TorchProcess
 
     pids = config.get("pid") or None
     roots = set(roots or ())
@@ -283,6 +283,6 @@ def model_fingerprints(context, config, roots=None, with_source: bool = False):
 
 def _trivial_root(model) -> bool:
     """A lone framework module (a loss function, an activation kept in a global) is not a model."""
-    from .cpython.reach import is_framework_module
+    from ..readers.cpython.reach import is_framework_module
 
     return len(model.modules) == 1 and is_framework_module(model.modules[0].class_module)

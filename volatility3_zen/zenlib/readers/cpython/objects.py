@@ -11,9 +11,9 @@ needed; the interpreter's own static types cannot be confused with user classes,
 import struct
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import CorruptObjectError, MemoryReadError, ZenError
+from ...errors import CorruptObjectError, MemoryReadError, ZenError
 from ..memory import ProcessMemory
-from ..representation.program import CodeRef
+from ...representation.program import CodeRef
 from .layouts import CPythonLayout
 
 _U64 = struct.Struct("<Q")
