@@ -8,7 +8,6 @@ bytecode read from a live interpreter must de-quicken to ``co_code`` with the sh
 Tests needing a pyenv interpreter are skipped where it is not installed.
 """
 
-import copy
 import functools
 import importlib.util
 import json
@@ -18,11 +17,13 @@ import sys
 
 import pytest
 
+from isf_testlib import (REPO, assert_generator_reproduces, assert_schema_rejects_a_field_without_offset,
+                         assert_valid_isf, assert_volatility_agrees_with_the_loader, buffer_object, missing_references,
+                         read_json, volatility_context)
 from volatility3_zen.zenlib.readers.cpython import layouts
 from volatility3_zen.zenlib.readers.cpython.layouts import CPythonLayout, LayoutKeyError, load_layout, supported_versions
 from volatility3_zen.zenlib.errors import UnsupportedVersionError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSIONS = ["3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 
@@ -30,10 +31,8 @@ def isf_path(version: str) -> str:
     return os.path.join(layouts.SYMBOLS_DIR, f"cpython-{version}.json")
 
 
-@functools.lru_cache(maxsize=None)
 def read_isf(version: str) -> dict:
-    with open(isf_path(version)) as fh:
-        return json.load(fh)
+    return read_json(isf_path(version))
 
 
 def interpreter(version: str) -> str:
@@ -47,69 +46,27 @@ def interpreter(version: str) -> str:
 
 # -- Volatility: schema, loading ---------------------------------------------------------------------
 
-def volatility_schema() -> dict:
-    """Volatility's own ISF 6.2.0 schema (draft-4 style: it uses ``id``)."""
-    package = importlib.util.find_spec("volatility3").submodule_search_locations[0]
-    with open(os.path.join(package, "schemas", "schema-6.2.0.json")) as fh:
-        return json.load(fh)
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_isf_validates_against_volatility_schema(version):
-    jsonschema = pytest.importorskip("jsonschema")
-    assert read_isf(version)["metadata"]["format"] == "6.2.0"
-    jsonschema.Draft4Validator(volatility_schema()).validate(read_isf(version))
+    assert_valid_isf(read_isf(version))
 
 
 def test_schema_validation_is_not_vacuous():
-    jsonschema = pytest.importorskip("jsonschema")
-    broken = copy.deepcopy(read_isf("3.12"))
-    del broken["user_types"]["PyObject"]["fields"]["ob_type"]["offset"]
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft4Validator(volatility_schema()).validate(broken)
-
-
-def referenced_names(descriptor: dict):
-    kind = descriptor["kind"]
-    if kind in ("struct", "union"):
-        yield "user_types", descriptor["name"]
-    elif kind == "enum":
-        yield "enums", descriptor["name"]
-    elif kind == "base":
-        yield "base_types", descriptor["name"]
-    for key in ("subtype", "type"):
-        if key in descriptor:
-            yield from referenced_names(descriptor[key])
+    assert_schema_rejects_a_field_without_offset(read_isf("3.12"), "PyObject", "ob_type")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_isf_is_self_contained(version):
     """Every type a field, enum or symbol names is defined in the same file."""
-    isf = read_isf(version)
-    descriptors = [field["type"] for struct in isf["user_types"].values() for field in struct["fields"].values()]
-    descriptors += [symbol["type"] for symbol in isf["symbols"].values() if "type" in symbol]
-    missing = {(section, name) for d in descriptors for section, name in referenced_names(d)
-               if name not in isf[section]}
-    missing |= {("base_types", e["base"]) for e in isf["enums"].values() if e["base"] not in isf["base_types"]}
-    assert not missing
+    assert not missing_references(read_isf(version))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_isf_loads_in_volatility_and_agrees_with_the_loader(version, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    from volatility3.framework import contexts
-    from volatility3.framework.layers.physical import BufferDataLayer
-    from volatility3.framework.symbols import intermed
-
-    ctx = contexts.Context()
-    table = intermed.IntermediateSymbolTable(ctx, "cpython", "cpython", "file://" + isf_path(version), validate=False)
-    ctx.symbol_space.append(table)
+    ctx = volatility_context("cpython", isf_path(version))
     layout = load_layout(version)
-    for name, struct in read_isf(version)["user_types"].items():
-        template = table.get_type(name)
-        assert template.size == layout.size(name)
-        for member, (offset, _) in template.vol.members.items():
-            assert offset == layout.offset(name, member), (name, member)
+    assert_volatility_agrees_with_the_loader(ctx, "cpython", read_isf(version)["user_types"], layout)
 
     # Read a compact non-ASCII str header through Volatility: the bitfields must decode as the loader says.
     offset, position, length = layout.bitfield("PyASCIIObject", "state.kind")
@@ -118,8 +75,7 @@ def test_isf_loads_in_volatility_and_agrees_with_the_loader(version, tmp_path, m
     length_at = layout.offset("PyASCIIObject", "length")
     buffer[length_at:length_at + 8] = (7).to_bytes(8, "little")
     buffer[offset:offset + 4] = state.to_bytes(4, "little")
-    ctx.add_layer(BufferDataLayer(ctx, "layer", "memory", bytes(buffer)))
-    obj = ctx.object("cpython!PyASCIIObject", "memory", 0)
+    obj = buffer_object(ctx, "cpython!PyASCIIObject", buffer)
     assert (obj.length, obj.state.kind, obj.state.compact, obj.state.ascii) == (7, 2, 1, 0)
 
 
@@ -838,11 +794,8 @@ def test_live_quickened_and_instrumented_bytecode_restores_to_co_code(version):
 def test_generator_is_byte_reproducible(tmp_path):
     """Regenerating from the same build gives the shipped bytes (3.12: every kind of table)."""
     prefix = os.path.dirname(os.path.dirname(interpreter("3.12")))
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "gen_cpython_isf.py"), "--python", prefix,
-                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=600)
-    for name in ("cpython-3.12.json", "opcodes-3.12.json"):
-        with open(tmp_path / name, "rb") as fresh, open(os.path.join(layouts.SYMBOLS_DIR, name), "rb") as shipped:
-            assert fresh.read() == shipped.read(), name
+    assert_generator_reproduces("gen_cpython_isf.py", ["--python", prefix], tmp_path, layouts.SYMBOLS_DIR,
+                                ["cpython-3.12.json", "opcodes-3.12.json"])
 
 
 def test_generator_evaluates_c_constant_expressions():
@@ -895,7 +848,8 @@ def test_layout_lookups():
     assert layout.offset("PyInterpreterState", "imports.modules") == layout.offset(
         "PyInterpreterState", "imports") + layout.offset("_import_state", "modules")
     assert layout.offset("PyObject", "ob_refcnt") == 0  # inside an anonymous union in 3.12
-    assert layout.has("PyObject", "ob_refcnt") and not layout.has("PyObject", "unnamed_field_0.ob_refcnt")
+    assert layout.has("PyObject", "ob_refcnt")
+    assert layout.offset("PyObject", "unnamed_field_0.ob_refcnt") == 0  # the anonymous field by its name too
     assert layout.has("PyCodeObject", "_co_monitoring") and not layout.has("PyCodeObject", "co_lnotab")
     assert not layout.has("NoSuchStruct", "x")
     assert layout.member_type("PyObject", "ob_type") == {"kind": "pointer",
@@ -903,7 +857,8 @@ def test_layout_lookups():
     assert layout.bitfield("PyASCIIObject", "state.kind") == (layout.offset("PyASCIIObject", "state"), 2, 3)
     assert layout.const("Py_TPFLAGS_HEAPTYPE") == 1 << 9 and layout.has_const("CO_FAST_FREE")
     assert layout.const("PyUnicode_4BYTE_KIND") == 4  # C enums are constants too
-    assert not layout.has_const("Py_TPFLAGS_NO_SUCH_FLAG")
+    assert not layout.has_const("Py_TPFLAGS_NO_SUCH_FLAG") and layout.const("Py_TPFLAGS_NO_SUCH_FLAG", 0) == 0
+    assert layout.enum("macros_CO")["CO_FAST_FREE"] == layout.const("CO_FAST_FREE")
 
 
 def test_layout_errors_are_key_errors_with_plain_messages():
@@ -937,6 +892,8 @@ def test_opcodes_load_lazily_and_fill_defaults_before_3_11():
 def test_loader_needs_neither_volatility_nor_jsonschema():
     code = ("import sys; from volatility3_zen.zenlib.readers.cpython.layouts import load_layout; "
             "L = load_layout('3.12'); L.offset('PyObject', 'ob_type'); L.opcodes; "
+            "from volatility3_zen.zenlib.readers.torch.layouts import load_torch_layout; "
+            "load_torch_layout('2.13.0').offset('c10::TensorImpl', 'numel_'); "
             "assert not {'volatility3', 'jsonschema'} & set(sys.modules), sorted(sys.modules)")
     env = dict(os.environ, PYTHONPATH=REPO)
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)

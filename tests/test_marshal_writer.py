@@ -483,7 +483,7 @@ def test_derived_localsplus_matches_compiler_without_hidden(version):
     sample = compiled_sample(version)
     for code in sample.codes.values():
         recovered = (code.localsplusnames, bytes(k & ~0x10 for k in code.localspluskinds))
-        derived = marshal_writer.localsplus(dataclasses.replace(code, localsplusnames=None))
+        derived = marshal_writer.localsplus(dataclasses.replace(code, localsplusnames=None), version)
         assert derived == recovered, code.qualname
 
 

@@ -6,99 +6,49 @@ the size it expects), and against itself: regenerating it from the installed tor
 the same bytes.  Real-process checks of the offsets are in test_torch_tensors.py.
 """
 
-import copy
-import functools
-import importlib.util
-import json
 import os
 import shutil
 import struct
 import subprocess
-import sys
 
 import pytest
 
+from isf_testlib import (assert_generator_reproduces, assert_schema_rejects_a_field_without_offset, assert_valid_isf,
+                         assert_volatility_agrees_with_the_loader, buffer_object, missing_references, read_json,
+                         volatility_context)
 from volatility3_zen.zenlib.errors import UnsupportedVersionError
 from volatility3_zen.zenlib.readers.torch import layouts
-from volatility3_zen.zenlib.readers.torch.layouts import LayoutKeyError, TorchLayout, load_torch_layout, supported_versions
+from volatility3_zen.zenlib.readers.torch.layouts import LayoutKeyError, load_torch_layout, supported_versions
 from volatility3_zen.zenlib.readers.torch.tensors import FIELDS, TensorReader
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = "2.13.0"
 ISF_PATH = os.path.join(layouts.SYMBOLS_DIR, f"torch-{VERSION}.json")
 
 
-@functools.lru_cache(maxsize=None)
 def read_isf() -> dict:
-    with open(ISF_PATH) as fh:
-        return json.load(fh)
+    return read_json(ISF_PATH)
 
 
 # -- Volatility: schema, loading ---------------------------------------------------------------------
 
-def volatility_schema() -> dict:
-    package = importlib.util.find_spec("volatility3").submodule_search_locations[0]
-    with open(os.path.join(package, "schemas", "schema-6.2.0.json")) as fh:
-        return json.load(fh)
-
-
 def test_isf_validates_against_volatility_schema():
-    jsonschema = pytest.importorskip("jsonschema")
-    assert read_isf()["metadata"]["format"] == "6.2.0"
-    jsonschema.Draft4Validator(volatility_schema()).validate(read_isf())
+    assert_valid_isf(read_isf())
 
 
 def test_schema_validation_is_not_vacuous():
-    jsonschema = pytest.importorskip("jsonschema")
-    broken = copy.deepcopy(read_isf())
-    del broken["user_types"]["c10::TensorImpl"]["fields"]["numel_"]["offset"]
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft4Validator(volatility_schema()).validate(broken)
-
-
-def referenced_names(descriptor: dict):
-    kind = descriptor["kind"]
-    if kind in ("struct", "class", "union"):
-        yield "user_types", descriptor["name"]
-    elif kind == "enum":
-        yield "enums", descriptor["name"]
-    elif kind == "base":
-        yield "base_types", descriptor["name"]
-    for key in ("subtype", "type"):
-        if key in descriptor:
-            yield from referenced_names(descriptor[key])
+    assert_schema_rejects_a_field_without_offset(read_isf(), "c10::TensorImpl", "numel_")
 
 
 def test_isf_is_self_contained():
-    """Every type a field or enum names is defined in the same file."""
-    isf = read_isf()
-    descriptors = [field["type"] for struct in isf["user_types"].values() for field in struct["fields"].values()]
-    missing = {(section, name) for d in descriptors for section, name in referenced_names(d)
-               if name not in isf[section]}
-    missing |= {("base_types", e["base"]) for e in isf["enums"].values() if e["base"] not in isf["base_types"]}
-    assert not missing
+    """Every type a field, enum or symbol names is defined in the same file."""
+    assert not missing_references(read_isf())
 
 
 def test_isf_loads_in_volatility_and_agrees_with_the_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    pytest.importorskip("volatility3")
-    from volatility3.framework import contexts
-    from volatility3.framework.layers.physical import BufferDataLayer
-    from volatility3.framework.symbols import intermed
-
-    ctx = contexts.Context()
-    table = intermed.IntermediateSymbolTable(ctx, "torch", "torch", "file://" + ISF_PATH, validate=False)
-    ctx.symbol_space.append(table)
+    ctx = volatility_context("torch", ISF_PATH)
     layout = load_torch_layout(VERSION)
-    for name in read_isf()["user_types"]:
-        template = table.get_type(name)
-        assert template.size == layout.size(name)
-        for member, (offset, _) in template.vol.members.items():
-            if layout.has(name, member):
-                assert offset == layout.offset(name, member), (name, member)
-            else:  # inherited from two bases: Volatility keeps one of them, the loader refuses to guess
-                with pytest.raises(LayoutKeyError, match="ambiguous"):
-                    layout.offset(name, member)
+    assert_volatility_agrees_with_the_loader(ctx, "torch", read_isf()["user_types"], layout)
 
     # A TensorImpl in a buffer, decoded by Volatility: nested structs, an inherited member, bitfields.
     impl = bytearray(layout.size("c10::TensorImpl"))
@@ -107,21 +57,14 @@ def test_isf_loads_in_volatility_and_agrees_with_the_loader(tmp_path, monkeypatc
     struct.pack_into("<2q", impl, layout.offset("c10::TensorImpl", "sizes_and_strides_.inlineStorage_"), 3, 4)
     struct.pack_into("<H", impl, layout.offset("c10::TensorImpl", "data_type_.index_"), 15)
     struct.pack_into("<Q", impl, layout.offset("c10::TensorImpl", "combined_refcount_"), 7)
-    flags, position, _ = bitfield(layout, "c10::TensorImpl", "is_contiguous_")
-    impl[flags] = (1 << position) | (1 << bitfield(layout, "c10::TensorImpl", "is_wrapped_number_")[1])
-    ctx.add_layer(BufferDataLayer(ctx, "layer", "memory", bytes(impl)))
-    obj = ctx.object("torch!c10::TensorImpl", "memory", 0)
+    flags, position, _ = layout.bitfield("c10::TensorImpl", "is_contiguous_")
+    impl[flags] = (1 << position) | (1 << layout.bitfield("c10::TensorImpl", "is_wrapped_number_")[1])
+    obj = buffer_object(ctx, "torch!c10::TensorImpl", impl)
     assert obj.numel_ == 12 and obj.sizes_and_strides_.size_ == 2
     assert list(obj.sizes_and_strides_.inlineStorage_)[:2] == [3, 4]
     assert obj.data_type_.index_ == 15
     assert obj.combined_refcount_._M_i == 7  # declared in the base class c10::intrusive_ptr_target
     assert (obj.is_contiguous_, obj.is_wrapped_number_, obj.is_channels_last_) == (1, 1, 0)
-
-
-def bitfield(layout: TorchLayout, struct_name: str, member: str):
-    described = layout.member_type(struct_name, member)
-    assert described["kind"] == "bitfield"
-    return layout.offset(struct_name, member), described["bit_position"], described["bit_length"]
 
 
 # -- The 2.13.0 table measured in docs/cpython-and-torch-in-memory.md ----------------------------------
@@ -213,6 +156,21 @@ def test_unknown_and_ambiguous_members():
     assert layout.offset("THPVariable", "cdata.impl_.target_") == 16  # impl_ is inherited from at::TensorBase
 
 
+def test_enum_constants():
+    layout = load_torch_layout(VERSION)
+    assert layout.enum("c10::ScalarType")["BFloat16"] == 15
+    assert layout.const("float32") == 6 and layout.const("cuda") == 1
+    # "Float" is a ScalarType (6) and a key of the derived item-size table (4): const() will not pick one
+    with pytest.raises(LayoutKeyError, match="Float has different values in the enums c10::ScalarType, "
+                                             "zen::scalar_type_itemsize"):
+        layout.const("Float")
+    assert layout.enum("zen::scalar_type_itemsize")["Float"] == 4 and not layout.has_const("Float")
+    assert layout.const("NoSuchConstant", 0) == 0
+    with pytest.raises(LayoutKeyError) as raised:
+        layout.enum("c10::NoSuchEnum")
+    assert str(raised.value) == "PyTorch 2.13.0 table has no enum 'c10::NoSuchEnum'"
+
+
 # -- The generator ----------------------------------------------------------------------------------
 
 def torch_python() -> str:
@@ -239,7 +197,5 @@ def test_generator_is_byte_reproducible(tmp_path):
         pytest.skip(f"torch {version} at {package} ships no C++ headers")
     if version != read_isf()["metadata"]["producer"]["torch_version"]:
         pytest.skip(f"installed torch {version} is not the release the shipped table describes")
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "gen_torch_isf.py"), "--torch-python", python,
-                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=600)
-    with open(tmp_path / f"torch-{VERSION}.json", "rb") as fresh, open(ISF_PATH, "rb") as shipped:
-        assert fresh.read() == shipped.read()
+    assert_generator_reproduces("gen_torch_isf.py", ["--torch-python", python], tmp_path, layouts.SYMBOLS_DIR,
+                                [f"torch-{VERSION}.json"])

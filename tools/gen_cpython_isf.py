@@ -11,12 +11,12 @@ taken from the interpreter running this script, because the tables differ betwee
     python tools/gen_cpython_isf.py --all          # every pyenv 3.7+ interpreter, newest patch per minor
 
 Output is deterministic (sorted keys, no timestamps): regenerating from the same build gives the same
-bytes, which the test suite checks.
+bytes, which the test suite checks.  DWARF walking, ISF rendering, writing and the command line are
+shared with the PyTorch generator (``tools/isf_builder.py``); this file says what CPython needs.
 """
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import operator
 import os
@@ -24,16 +24,18 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from elftools.elf.elffile import ELFFile
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.isf_builder import (AGGREGATES, CDwarf, IsfBuilder, MemberContext, array_counts, attr_int,  # noqa: E402
+                               isf_document, run_cli, sha256_file, write_json)
+
 PRODUCER = {"name": "volatility3-zen/tools/gen_cpython_isf.py", "version": "1.0.0"}
-ISF_FORMAT = "6.2.0"
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "volatility3_zen", "symbols", "cpython")
 MIN_VERSION = (3, 7)
-LINE_WIDTH = 110
 Version = Tuple[int, int]
 
 
@@ -185,237 +187,19 @@ def all_targets(pyenv_root: str) -> List[Target]:
     return [find_target(os.path.join(pyenv_root, "versions", "%d.%d.%d" % v)) for _, v in sorted(newest.items())]
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
-# DWARF: one pass over the top-level DIEs of every compile unit
+# Which embedded structs are described
 # --------------------------------------------------------------------------------------------------
 
-AGGREGATES = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union"}
-QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
-              "DW_TAG_atomic_type")
-REF_FORMS = ("DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8", "DW_FORM_ref_udata")
-
-
-def die_name(die) -> Optional[str]:
-    attr = die.attributes.get("DW_AT_name")
-    return attr.value.decode() if attr else None
-
-
-def ref_offset(die, attr_name: str) -> int:
-    """Absolute .debug_info offset a reference attribute points to (without parsing the target)."""
-    attr = die.attributes[attr_name]
-    return attr.value + die.cu.cu_offset if attr.form in REF_FORMS else attr.value
-
-
-def attr_int(die, attr_name: str, default: Optional[int] = None) -> Optional[int]:
-    attr = die.attributes.get(attr_name)
-    return attr.value if attr is not None and isinstance(attr.value, int) else default
-
-
-class DwarfIndex:
-    """Complete type definitions, typedefs and variables by name, first compile unit wins.
-
-    C emits every type at compile-unit level, once per unit that uses it; declarations
-    (``struct _ts;``) are resolved to a complete definition from any unit by tag.
+class CPythonIsfBuilder(IsfBuilder):
+    """``IsfBuilder`` with CPython's choice of embedded structs: one is described field by field when
+    it is a root, anonymous, defined inside its parent's definition or listed in EXTRA_NESTED;
+    otherwise it is an opaque stub (size, no fields), which keeps the files small.  Roots keep their
+    TypeSpec names (the typedef); other structs are named by tag, else typedef.
     """
 
-    def __init__(self, elf: ELFFile):
-        self.aggregates: Dict[str, object] = {}  # tag -> complete struct/union DIE
-        self.typedefs: Dict[str, object] = {}  # typedef name -> typedef DIE
-        self.enums: Dict[str, object] = {}  # tag or typedef name -> enumeration DIE
-        self.variables: Dict[str, List[object]] = {}
-        self.typedef_of: Dict[int, str] = {}  # offset of a typedef's target -> typedef name
-        for cu in elf.get_dwarf_info().iter_CUs():
-            for die in cu.get_top_DIE().iter_children():
-                self._add(die)
-
-    def _add(self, die) -> None:
-        name = die_name(die)
-        if die.tag == "DW_TAG_variable":
-            if "DW_AT_specification" in die.attributes:
-                name = die_name(die.get_DIE_from_attribute("DW_AT_specification"))
-            if name:
-                self.variables.setdefault(name, []).append(die)
-        elif name is None or "DW_AT_declaration" in die.attributes:
-            return
-        elif die.tag in AGGREGATES:
-            self.aggregates.setdefault(name, die)
-        elif die.tag == "DW_TAG_enumeration_type":
-            self.enums.setdefault(name, die)
-        elif die.tag == "DW_TAG_typedef" and "DW_AT_type" in die.attributes:
-            self.typedefs.setdefault(name, die)
-            self.typedef_of.setdefault(ref_offset(die, "DW_AT_type"), name)
-
-    def strip(self, die):
-        """Follow typedefs and qualifiers; resolve struct declarations to their definition."""
-        while die.tag in QUALIFIERS and "DW_AT_type" in die.attributes:
-            die = die.get_DIE_from_attribute("DW_AT_type")
-        if die.tag in AGGREGATES and "DW_AT_declaration" in die.attributes:
-            die = self.aggregates.get(die_name(die), die)
-        return die
-
-    def named_type(self, name: str):
-        """The struct/union/enum called ``name`` (typedef first, then tag), or None."""
-        if name in self.typedefs:
-            die = self.strip(self.typedefs[name])
-            if die.tag in AGGREGATES or die.tag == "DW_TAG_enumeration_type":
-                return die
-        return self.aggregates.get(name) or self.enums.get(name)
-
-    def variable_type(self, name: str):
-        """Type DIE of a global variable, from its definition or declaration."""
-        for die in self.variables.get(name, ()):
-            for holder in (die, die.get_DIE_from_attribute("DW_AT_specification")
-                           if "DW_AT_specification" in die.attributes else None):
-                if holder is not None and "DW_AT_type" in holder.attributes:
-                    return holder.get_DIE_from_attribute("DW_AT_type")
-        return None
-
-
-# --------------------------------------------------------------------------------------------------
-# DWARF types -> ISF
-# --------------------------------------------------------------------------------------------------
-
-BASE_KINDS = {0x02: ("bool", False), 0x04: ("float", True), 0x05: ("int", True), 0x06: ("char", True),
-              0x07: ("int", False), 0x08: ("char", False), 0x10: ("int", False)}
-VOID = {"kind": "base", "name": "void"}
-
-
-def array_counts(die) -> List[int]:
-    """Element counts of each dimension (a flexible ``[]`` member has count 0)."""
-    counts = []
-    for sub in die.iter_children():
-        if sub.tag == "DW_TAG_subrange_type":
-            if "DW_AT_count" in sub.attributes:
-                counts.append(attr_int(sub, "DW_AT_count"))
-            else:
-                upper = attr_int(sub, "DW_AT_upper_bound")
-                counts.append(0 if upper is None else upper + 1)
-    return counts
-
-
-def member_location(die) -> int:
-    attr = die.attributes.get("DW_AT_data_member_location")
-    if attr is None:
-        return 0
-    if isinstance(attr.value, int):
-        return attr.value
-    # DWARF 2 style location expression: DW_OP_plus_uconst <uleb128>
-    value, shift = 0, 0
-    for byte in attr.value[1:]:
-        value |= (byte & 0x7F) << shift
-        shift += 7
-    return value
-
-
-def bit_layout(member, unit_size: int) -> Tuple[int, int, int]:
-    """(byte offset of the storage unit, bit position in it, bit length) of a bitfield member."""
-    length = attr_int(member, "DW_AT_bit_size")
-    if "DW_AT_data_bit_offset" in member.attributes:
-        bit = attr_int(member, "DW_AT_data_bit_offset")
-    else:  # DWARF 2/3: bit_offset counts from the most significant bit of the storage unit
-        size = attr_int(member, "DW_AT_byte_size", unit_size)
-        bit = member_location(member) * 8 + size * 8 - attr_int(member, "DW_AT_bit_offset") - length
-    unit = (bit // (unit_size * 8)) * unit_size
-    if bit + length > (unit + unit_size) * 8:  # straddles a storage unit: address it bytewise
-        unit = bit // 8
-    return unit, bit - unit * 8, length
-
-
-class IsfBuilder:
-    """Renders the described structs into ISF user_types/base_types/enums.
-
-    Naming: the roots keep their TypeSpec names; other structs their tag, else their typedef, else
-    ``<Parent>__<member>`` (anonymous types).  A struct embedded by value is described field by field
-    when it is a root, anonymous, defined inside its parent's definition or listed in EXTRA_NESTED;
-    otherwise it is an opaque stub (size, no fields).  Pointers lead only to roots; any other
-    pointed-to struct becomes ``void``, so every name the file references is defined in it.
-    """
-
-    def __init__(self, index: DwarfIndex, roots: Sequence[str]):
-        self.index = index
-        self.user_types: Dict[str, dict] = {}
-        self.base_types: Dict[str, dict] = {
-            "void": {"kind": "void", "size": 0, "signed": False, "endian": "little"},
-            "pointer": {"kind": "int", "size": 8, "signed": False, "endian": "little"},
-        }
-        self.enums: Dict[str, dict] = {}
-        self.root_dies = {}
-        self.root_by_tag: Dict[str, str] = {}  # struct _typeobject -> PyTypeObject
-        for root in roots:
-            die = index.named_type(root)
-            if die is None or die.tag not in AGGREGATES:
-                raise SystemExit(f"struct {root} not found in the DWARF")
-            self.root_dies[root] = die
-            if die_name(die):
-                self.root_by_tag[die_name(die)] = root
-
-    def build(self) -> None:
-        for root, die in sorted(self.root_dies.items()):
-            self.add_aggregate(die, root, expand=True)
-
-    # naming ------------------------------------------------------------------------------------
-
-    def root_name(self, die) -> Optional[str]:
-        """The root this DIE (any compile unit's copy) is, by tag or, for ``typedef struct {...} X``, typedef."""
-        if die_name(die):
-            return self.root_by_tag.get(die_name(die))
-        typedef = self.index.typedef_of.get(die.offset)
-        return typedef if typedef in self.root_dies else None
-
-    def type_name(self, die, anonymous_name: str) -> str:
-        return self.root_name(die) or die_name(die) or self.index.typedef_of.get(die.offset) or anonymous_name
-
-    # aggregates --------------------------------------------------------------------------------
-
-    def add_aggregate(self, die, name: str, expand: bool) -> None:
-        """Describe a struct once; a stub is upgraded when a later use needs the fields."""
-        size = attr_int(die, "DW_AT_byte_size", 0)
-        previous = self.user_types.get(name)
-        if previous is not None and previous["size"] != size:
-            raise SystemExit(f"two different structs are named {name} ({previous['size']} and {size} bytes)")
-        if previous is not None and (previous["fields"] or not expand):
-            return
-        self.user_types[name] = {"kind": AGGREGATES[die.tag], "size": size, "fields": {}}
-        if expand:
-            self.user_types[name]["fields"] = self.fields(die, name)
-
-    def fields(self, die, name: str) -> Dict[str, dict]:
-        fields, unnamed = {}, 0
-        members = [m for m in die.iter_children() if m.tag == "DW_TAG_member"]
-        last_line = max((attr_int(m, "DW_AT_decl_line", 0) for m in members), default=0)
-        for member in members:
-            member_name = die_name(member)
-            field = {"offset": member_location(member)}
-            if member_name is None:
-                member_name, field["anonymous"] = f"unnamed_field_{unnamed}", True
-                unnamed += 1
-            context = _MemberContext(die, name, member_name, last_line)
-            if "DW_AT_bit_size" in member.attributes:
-                field["offset"], field["type"] = self.bitfield(member, context)
-            else:
-                field["type"] = self.describe(member.get_DIE_from_attribute("DW_AT_type"), context)
-            fields[member_name] = field
-        return fields
-
-    def bitfield(self, member, context: "_MemberContext") -> Tuple[int, dict]:
-        storage = self.index.strip(member.get_DIE_from_attribute("DW_AT_type"))
-        unit, position, length = bit_layout(member, attr_int(storage, "DW_AT_byte_size"))
-        described = {"kind": "bitfield", "bit_position": position, "bit_length": length,
-                     "type": self.describe(storage, context)}
-        return unit, described
-
-    def wants_expanded(self, die, context: "_MemberContext") -> bool:
-        if self.root_name(die):
-            return True
-        if not die_name(die) and die.offset not in self.index.typedef_of:
+    def wants_fields(self, die, context: MemberContext) -> bool:
+        if self.root_name(die) or self.index.name_of(die) is None:
             return True
         if (context.parent_name, context.member) in EXTRA_NESTED:
             return True
@@ -423,40 +207,6 @@ class IsfBuilder:
         same_file = attr_int(die, "DW_AT_decl_file") == attr_int(parent, "DW_AT_decl_file")
         line = attr_int(die, "DW_AT_decl_line", -1)
         return same_file and attr_int(parent, "DW_AT_decl_line", 0) <= line <= context.last_line
-
-    # type descriptors --------------------------------------------------------------------------
-
-    def describe(self, die, context: "_MemberContext") -> dict:
-        die = self.index.strip(die)
-        if die.tag == "DW_TAG_base_type":
-            return self.base(die)
-        if die.tag == "DW_TAG_pointer_type":
-            return {"kind": "pointer", "subtype": self.pointee(die, context)}
-        if die.tag == "DW_TAG_array_type":
-            described = self.describe(die.get_DIE_from_attribute("DW_AT_type"), context)
-            for count in reversed(array_counts(die)):
-                described = {"kind": "array", "count": count, "subtype": described}
-            return described
-        if die.tag == "DW_TAG_enumeration_type":
-            return {"kind": "enum", "name": self.add_enum(die, context.anonymous_name)}
-        if die.tag == "DW_TAG_subroutine_type":
-            return {"kind": "function"}
-        if die.tag in AGGREGATES:
-            name = self.type_name(die, context.anonymous_name)
-            self.add_aggregate(die, name, expand=self.wants_expanded(die, context))
-            return {"kind": AGGREGATES[die.tag], "name": name}
-        if die.tag in QUALIFIERS:  # typedef/qualifier of void
-            return VOID
-        raise SystemExit(f"unsupported DWARF type {die.tag} in {context.parent_name}.{context.member}")
-
-    def pointee(self, pointer, context: "_MemberContext") -> dict:
-        if "DW_AT_type" not in pointer.attributes:
-            return VOID
-        target = self.index.strip(pointer.get_DIE_from_attribute("DW_AT_type"))
-        if target.tag in AGGREGATES:
-            root = self.root_name(target)
-            return {"kind": AGGREGATES[target.tag], "name": root} if root else VOID
-        return self.describe(target, context)
 
     def symbol_type(self, die) -> Optional[dict]:
         """A global variable's type: base types, arrays of them and root structs (else None)."""
@@ -469,45 +219,7 @@ class IsfBuilder:
         element = die
         while element.tag == "DW_TAG_array_type":
             element = self.index.strip(element.get_DIE_from_attribute("DW_AT_type"))
-        return self.describe(die, _MemberContext(None, "", "", 0)) if element.tag == "DW_TAG_base_type" else None
-
-    def base(self, die) -> dict:
-        name = die_name(die)
-        kind, signed = BASE_KINDS.get(attr_int(die, "DW_AT_encoding"), ("int", False))
-        self.base_types[name] = {"kind": kind, "size": attr_int(die, "DW_AT_byte_size"), "signed": signed,
-                                 "endian": "little"}
-        return {"kind": "base", "name": name}
-
-    def add_enum(self, die, anonymous_name: str) -> str:
-        name = die_name(die) or self.index.typedef_of.get(die.offset) or anonymous_name
-        constants = {die_name(e): attr_int(e, "DW_AT_const_value") for e in die.iter_children()
-                     if e.tag == "DW_TAG_enumerator"}
-        size = attr_int(die, "DW_AT_byte_size")
-        if "DW_AT_type" in die.attributes:
-            base = self.base(self.index.strip(die.get_DIE_from_attribute("DW_AT_type")))["name"]
-        else:
-            base = self.base_named(("" if min(constants.values(), default=0) < 0 else "unsigned ") + "int", size)
-        self.enums[name] = {"size": size, "base": base, "constants": constants}
-        return name
-
-    def base_named(self, name: str, size: int) -> str:
-        self.base_types.setdefault(name, {"kind": "int", "size": size, "signed": not name.startswith("unsigned"),
-                                          "endian": "little"})
-        return name
-
-
-@dataclasses.dataclass(frozen=True)
-class _MemberContext:
-    """Where a type is used: names anonymous types and decides what a nested struct is."""
-
-    parent: object
-    parent_name: str
-    member: str
-    last_line: int
-
-    @property
-    def anonymous_name(self) -> str:
-        return f"{self.parent_name}__{self.member}"
+        return self.describe(die, MemberContext(None, "", "", 0)) if element.tag == "DW_TAG_base_type" else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -737,7 +449,7 @@ class ElfData:
         raise SystemExit(f"{name} at 0x{vaddr:x} is not in a section with file contents")
 
 
-def byte_table(elf: ElfData, index: DwarfIndex, name: str) -> Optional[List[int]]:
+def byte_table(elf: ElfData, index: CDwarf, name: str) -> Optional[List[int]]:
     """A ``uint8_t name[N]`` array from the library's data, sized by its DWARF type."""
     die = index.variable_type(name)
     if die is None or name not in elf.symbols:
@@ -770,9 +482,9 @@ def library_metadata(target: Target, sha256: str) -> dict:
     return {"cpython_version": target.version_string, "libpython": target.libpython, "libpython_sha256": sha256}
 
 
-def build_isf(target: Target, elf: ElfData, index: DwarfIndex, sha256: str) -> dict:
+def build_isf(target: Target, elf: ElfData, index: CDwarf, sha256: str) -> dict:
     roots = [spec.name for spec in ROOT_TYPES if spec.wanted(target.minor)]
-    builder = IsfBuilder(index, roots)
+    builder = CPythonIsfBuilder(index, roots)
     builder.build()
     for enum_name in EXTRA_ENUMS:
         die = index.named_type(enum_name)
@@ -786,20 +498,12 @@ def build_isf(target: Target, elf: ElfData, index: DwarfIndex, sha256: str) -> d
     if duplicated:
         raise SystemExit(f"constants both in a C enum and a macro: {sorted(duplicated)}")
     item = {"name": os.path.basename(target.libpython), "hash_type": "sha256", "hash_value": sha256}
-    return {
-        "metadata": {
-            "format": ISF_FORMAT,
-            "producer": dict(PRODUCER, **library_metadata(target, sha256)),
-            "linux": {"symbols": [dict(item, kind="symtab")], "types": [dict(item, kind="dwarf")]},
-        },
-        "base_types": builder.base_types,
-        "user_types": builder.user_types,
-        "enums": enums,
-        "symbols": cross_check_symbols(builder, elf, index),
-    }
+    return isf_document(builder, dict(PRODUCER, **library_metadata(target, sha256)), enums=enums,
+                        symbols=cross_check_symbols(builder, elf, index),
+                        linux={"symbols": [dict(item, kind="symtab")], "types": [dict(item, kind="dwarf")]})
 
 
-def cross_check_symbols(builder: IsfBuilder, elf: ElfData, index: DwarfIndex) -> Dict[str, dict]:
+def cross_check_symbols(builder: CPythonIsfBuilder, elf: ElfData, index: CDwarf) -> Dict[str, dict]:
     symbols = {}
     for name in CROSS_CHECK_SYMBOLS:
         address = elf.address(name)
@@ -811,7 +515,7 @@ def cross_check_symbols(builder: IsfBuilder, elf: ElfData, index: DwarfIndex) ->
     return symbols
 
 
-def de_instrument_table(elf: ElfData, index: DwarfIndex, opmap: Dict[str, int]) -> Tuple[Dict[str, int], str]:
+def de_instrument_table(elf: ElfData, index: CDwarf, opmap: Dict[str, int]) -> Tuple[Dict[str, int], str]:
     """INSTRUMENTED_X -> X as ``_Py_GetBaseOpcode`` uses it (keys are strings: JSON object keys)."""
     table = byte_table(elf, index, "DE_INSTRUMENT")
     if table is not None:
@@ -822,7 +526,7 @@ def de_instrument_table(elf: ElfData, index: DwarfIndex, opmap: Dict[str, int]) 
     return derived, "derived from the interpreter's INSTRUMENTED_* opcode names"
 
 
-def build_opcodes(target: Target, elf: ElfData, index: DwarfIndex, sha256: str) -> dict:
+def build_opcodes(target: Target, elf: ElfData, index: CDwarf, sha256: str) -> dict:
     probe = json.loads(subprocess.run([target.python, "-I", "-c", INTERPRETER_PROBE], check=True,
                                       capture_output=True, text=True).stdout)
     opmap = probe["opmap"]
@@ -847,40 +551,12 @@ def build_opcodes(target: Target, elf: ElfData, index: DwarfIndex, sha256: str) 
                 sources=sources)
 
 
-def format_json(value, indent: int = 0) -> str:
-    """JSON with sorted keys where anything short stays on one line (one ISF field per line, opcode
-    tables as wrapped rows): small, diff-friendly and byte-reproducible."""
-    compact = json.dumps(value, sort_keys=True)
-    if not isinstance(value, (dict, list)) or len(compact) + indent <= LINE_WIDTH:
-        return compact
-    pad, inner = " " * indent, " " * (indent + 1)
-    if isinstance(value, dict):
-        items = [f"{inner}{json.dumps(key)}: {format_json(value[key], indent + 1)}" for key in sorted(value)]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if all(not isinstance(item, (dict, list)) for item in value):
-        rows, row = [], []
-        for item in map(json.dumps, value):
-            if row and len(inner) + len(", ".join(row + [item])) + 1 > LINE_WIDTH:
-                rows.append(", ".join(row))
-                row = []
-            row.append(item)
-        rows.append(", ".join(row))
-        return "[\n" + ",\n".join(inner + r for r in rows) + "\n" + pad + "]"
-    return "[\n" + ",\n".join(inner + format_json(item, indent + 1) for item in value) + "\n" + pad + "]"
-
-
-def write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as fh:
-        fh.write(format_json(obj) + "\n")
-    os.replace(path + ".tmp", path)
-
-
 def generate(target: Target, out_dir: str) -> List[str]:
     """Write cpython-3.X.json and opcodes-3.X.json for one build; return their paths."""
     sha256 = sha256_file(target.libpython)
     with open(target.libpython, "rb") as fh:
         elf_file = ELFFile(fh)
-        index, elf = DwarfIndex(elf_file), ElfData(elf_file)
+        index, elf = CDwarf(elf_file), ElfData(elf_file)
         outputs = {"cpython": build_isf(target, elf, index, sha256),
                    "opcodes": build_opcodes(target, elf, index, sha256)}
     paths = []
@@ -890,22 +566,22 @@ def generate(target: Target, out_dir: str) -> List[str]:
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", action="append", default=[], metavar="PREFIX",
                         help="installation prefix of a CPython build (repeatable), e.g. /root/.pyenv/versions/3.12.1")
     parser.add_argument("--all", action="store_true", help="every pyenv interpreter >= 3.7 (newest patch per minor)")
     parser.add_argument("--pyenv-root", default=os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")))
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: the package's symbols/cpython)")
-    args = parser.parse_args(argv)
+
+
+def generate_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[Tuple[str, str]]:
     targets = [find_target(p) for p in args.python] + (all_targets(args.pyenv_root) if args.all else [])
     if not targets:
         parser.error("give --python PREFIX or --all")
-    os.makedirs(args.out, exist_ok=True)
-    for target in targets:
-        for path in generate(target, args.out):
-            print(f"{target.version_string}: {path} ({os.path.getsize(path)} bytes)")
-    return 0
+    return ((target.version_string, path) for target in targets for path in generate(target, args.out))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(__doc__, "cpython", argv, add_arguments, generate_all)
 
 
 if __name__ == "__main__":

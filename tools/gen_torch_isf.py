@@ -13,7 +13,9 @@ itself (each dtype's ScalarType number read back from a live tensor at the offse
 
 The output (``symbols/torch/torch-<version>.json``) is deterministic: sorted keys, no timestamps or
 paths, so regenerating from the same torch, headers and compiler gives the same bytes (the test suite
-checks this).  See docs/symbols.md, "PyTorch".
+checks this).  DWARF walking, ISF rendering (base classes as anonymous fields, ...), writing and the
+command line are shared with the CPython generator (``tools/isf_builder.py``); this file says what
+PyTorch needs.  See docs/symbols.md, "PyTorch".
 """
 
 import argparse
@@ -23,23 +25,20 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from elftools.elf.elffile import ELFFile
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# DWARF attribute helpers and the JSON writer are shared with the CPython table generator; the names
-# of the tables we derive (stored as ISF enums) and release numbers are the loader's.
-from tools.gen_cpython_isf import (BASE_KINDS, ISF_FORMAT, array_counts, attr_int, bit_layout, die_name,  # noqa: E402
-                                   member_location, sha256_file, write_json)
+# The names of the tables we derive (stored as ISF enums) and release numbers are the loader's.
+from tools.isf_builder import CxxDwarf, IsfBuilder, isf_document, run_cli, sha256_file, write_json  # noqa: E402
 from volatility3_zen.zenlib.readers.torch.layouts import DEVICE_ENUM, DTYPE_ENUM, ITEMSIZE_ENUM, release  # noqa: E402
 
 PRODUCER = {"name": "volatility3-zen/tools/gen_torch_isf.py", "version": "1.0.0"}
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 PROBE_SOURCE = os.path.join(TOOLS_DIR, "torch_probe", "probe.cpp")
-DEFAULT_OUT = os.path.join(os.path.dirname(TOOLS_DIR), "volatility3_zen", "symbols", "torch")
 CXX_FLAGS = ("-std=c++20", "-g", "-fPIC", "-shared", "-femit-class-debug-always")
 
 
@@ -119,226 +118,6 @@ def compile_probe(cxx: str, torch_info: dict, out_dir: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# C++ DWARF: qualified names
-# --------------------------------------------------------------------------------------------------
-
-AGGREGATES = {"DW_TAG_structure_type": "struct", "DW_TAG_class_type": "class", "DW_TAG_union_type": "union"}
-SCOPES = ("DW_TAG_namespace",) + tuple(AGGREGATES)
-QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
-              "DW_TAG_atomic_type")
-REFERENCES = ("DW_TAG_reference_type", "DW_TAG_rvalue_reference_type")
-
-
-class CxxDwarf:
-    """Complete type definitions and variables by C++ qualified name (``c10::impl::PyObjectSlot``,
-    ``std::optional<c10::Device>``; GCC names template instances with their arguments).
-
-    Names are built from the enclosing namespaces and classes.  A DIE with DW_AT_specification (an
-    out-of-line definition) takes the name and scope of the declaration it completes.  A declaration
-    (``struct X;``) is resolved to the definition of the same name.
-    """
-
-    def __init__(self, elf: ELFFile):
-        self.names: Dict[int, str] = {}  # DIE offset -> qualified name
-        self.definitions: Dict[str, object] = {}  # qualified name -> complete struct/class/union/enum DIE
-        self.variables: Dict[str, List[object]] = {}
-        self.typedef_of: Dict[int, str] = {}  # offset of an unnamed type -> the typedef naming it
-        completions = []
-        for cu in elf.get_dwarf_info().iter_CUs():
-            completions += self._walk(cu.get_top_DIE(), "")
-        for die in completions:  # their declarations have been named by now
-            name = self.names.get(die.get_DIE_from_attribute("DW_AT_specification").offset)
-            if name is not None:
-                self._add(die, name)
-                if die.tag in SCOPES:
-                    self._walk(die, name)
-
-    def _walk(self, scope, prefix: str) -> List[object]:
-        completions = []
-        for die in scope.iter_children():
-            if "DW_AT_specification" in die.attributes:
-                completions.append(die)
-                continue
-            name = die_name(die)
-            if name is None:
-                if die.tag == "DW_TAG_namespace":
-                    name = "(anonymous namespace)"
-                else:
-                    continue
-            qualified = f"{prefix}::{name}" if prefix else name
-            self._add(die, qualified)
-            if die.tag in SCOPES:
-                completions += self._walk(die, qualified)
-        return completions
-
-    def _add(self, die, qualified: str) -> None:
-        self.names[die.offset] = qualified
-        if die.tag == "DW_TAG_variable":
-            self.variables.setdefault(qualified, []).append(die)
-        elif die.tag == "DW_TAG_typedef" and "DW_AT_type" in die.attributes:
-            target = die.get_DIE_from_attribute("DW_AT_type")
-            if die_name(target) is None:
-                self.typedef_of.setdefault(target.offset, qualified)
-        elif (die.tag in AGGREGATES or die.tag == "DW_TAG_enumeration_type") \
-                and "DW_AT_declaration" not in die.attributes:
-            self.definitions.setdefault(qualified, die)
-
-    def strip(self, die):
-        """Follow typedefs and qualifiers; resolve declarations to their definition."""
-        while die.tag in QUALIFIERS and "DW_AT_type" in die.attributes:
-            die = die.get_DIE_from_attribute("DW_AT_type")
-        if "DW_AT_declaration" in die.attributes and die.offset in self.names:
-            die = self.definitions.get(self.names[die.offset], die)
-        return die
-
-    def name_of(self, die) -> Optional[str]:
-        return self.names.get(die.offset) or self.typedef_of.get(die.offset)
-
-    def definition(self, name: str, tags: Sequence[str]):
-        die = self.definitions.get(name)
-        if die is None or die.tag not in tags:
-            raise SystemExit(f"{name} is not defined in the probe's DWARF (is it named in {PROBE_SOURCE}?)")
-        return die
-
-    def constant_array(self, name: str) -> List[int]:
-        """The DW_AT_const_value bytes of a constexpr array of bytes (a header-only table)."""
-        for die in self.variables.get(name, ()):
-            value = die.attributes.get("DW_AT_const_value")
-            if value is not None and isinstance(value.value, list):
-                return list(value.value)
-        raise SystemExit(f"{name} has no constant value in the probe's DWARF")
-
-
-# --------------------------------------------------------------------------------------------------
-# DWARF types -> ISF
-# --------------------------------------------------------------------------------------------------
-
-def is_static_member(die) -> bool:
-    """DWARF 4 describes a static data member as a member declaration (DWARF 5 uses DW_TAG_variable)."""
-    return "DW_AT_external" in die.attributes or "DW_AT_declaration" in die.attributes
-
-
-class IsfBuilder:
-    """Renders the roots, and every type they embed by value, into ISF user_types/base_types/enums.
-
-    C++ specifics: a base class becomes an anonymous field ``base_class_N`` at its offset, so that
-    Volatility (and the zen loader) reach inherited members directly, as C++ does; the vtable pointer
-    is the artificial ``_vptr.<Class>`` member GCC emits; a reference member is a pointer; a bitfield
-    declared ``bool`` is given ``unsigned char`` storage, because ISF bitfields are read as integers.
-    Unnamed types are called ``<Parent>__<member>``.  Pointers lead only to roots; any other
-    pointed-to struct becomes ``void``, so every name the file references is defined in it.
-    """
-
-    def __init__(self, index: CxxDwarf, roots: Sequence[str]):
-        self.index = index
-        self.roots = {index.definition(name, tuple(AGGREGATES)).offset: name for name in roots}
-        self.user_types: Dict[str, dict] = {}
-        self.base_types: Dict[str, dict] = {"void": {"kind": "void", "size": 0, "signed": False, "endian": "little"},
-                                            "pointer": {"kind": "int", "size": 8, "signed": False, "endian": "little"}}
-        self.enums: Dict[str, dict] = {}
-        for name in sorted(roots):
-            self.add_aggregate(self.index.definition(name, tuple(AGGREGATES)), name)
-
-    def add_aggregate(self, die, name: str) -> None:
-        size = attr_int(die, "DW_AT_byte_size", 0)
-        previous = self.user_types.get(name)
-        if previous is not None:
-            if previous["size"] != size:
-                raise SystemExit(f"two different types are named {name} ({previous['size']} and {size} bytes)")
-            return
-        self.user_types[name] = {"kind": AGGREGATES[die.tag], "size": size, "fields": {}}
-        self.user_types[name]["fields"] = self.fields(die, name)
-
-    def fields(self, die, name: str) -> Dict[str, dict]:
-        fields: Dict[str, dict] = {}
-        bases = unnamed = 0
-        for member in die.iter_children():
-            if member.tag == "DW_TAG_inheritance":
-                field_name, bases = f"base_class_{bases}", bases + 1
-                field = {"offset": member_location(member), "anonymous": True}
-            elif member.tag == "DW_TAG_member" and not is_static_member(member):
-                field_name = die_name(member)
-                field = {"offset": member_location(member)}
-                if field_name is None:
-                    field_name, unnamed = f"unnamed_field_{unnamed}", unnamed + 1
-                    field["anonymous"] = True
-            else:
-                continue
-            context = f"{name}__{field_name}"
-            if "DW_AT_bit_size" in member.attributes:
-                field["offset"], field["type"] = self.bitfield(member, context)
-            else:
-                field["type"] = self.describe(member.get_DIE_from_attribute("DW_AT_type"), context)
-            fields[field_name] = field
-        return fields
-
-    def bitfield(self, member, context: str) -> Tuple[int, dict]:
-        storage = self.index.strip(member.get_DIE_from_attribute("DW_AT_type"))
-        size = attr_int(storage, "DW_AT_byte_size")
-        unit, position, length = bit_layout(member, size)
-        if storage.tag == "DW_TAG_base_type" and BASE_KINDS.get(attr_int(storage, "DW_AT_encoding"))[0] == "bool":
-            described = {"kind": "base", "name": self.base_named("unsigned char", 1, signed=False)}
-        else:
-            described = self.describe(storage, context)
-        return unit, {"kind": "bitfield", "bit_position": position, "bit_length": length, "type": described}
-
-    def describe(self, die, context: str) -> dict:
-        die = self.index.strip(die)
-        if die.tag == "DW_TAG_base_type":
-            return self.base(die)
-        if die.tag == "DW_TAG_pointer_type" or die.tag in REFERENCES:
-            return {"kind": "pointer", "subtype": self.pointee(die, context)}
-        if die.tag == "DW_TAG_array_type":
-            described = self.describe(die.get_DIE_from_attribute("DW_AT_type"), context)
-            for count in reversed(array_counts(die)):
-                described = {"kind": "array", "count": count, "subtype": described}
-            return described
-        if die.tag == "DW_TAG_enumeration_type":
-            return {"kind": "enum", "name": self.add_enum(die, self.index.name_of(die) or context)}
-        if die.tag == "DW_TAG_subroutine_type":
-            return {"kind": "function"}
-        if die.tag in AGGREGATES:
-            name = self.roots.get(die.offset) or self.index.name_of(die) or context
-            self.add_aggregate(die, name)
-            return {"kind": AGGREGATES[die.tag], "name": name}
-        if die.tag in QUALIFIERS:  # a typedef or qualifier of void
-            return {"kind": "base", "name": "void"}
-        raise SystemExit(f"unsupported DWARF type {die.tag} in {context}")
-
-    def pointee(self, pointer, context: str) -> dict:
-        if "DW_AT_type" not in pointer.attributes:
-            return {"kind": "base", "name": "void"}
-        target = self.index.strip(pointer.get_DIE_from_attribute("DW_AT_type"))
-        if target.tag in AGGREGATES:
-            root = self.roots.get(target.offset)
-            return {"kind": AGGREGATES[target.tag], "name": root} if root else {"kind": "base", "name": "void"}
-        return self.describe(target, context)
-
-    def base(self, die) -> dict:
-        kind, signed = BASE_KINDS.get(attr_int(die, "DW_AT_encoding"), ("int", False))
-        name = die_name(die)
-        self.base_types[name] = {"kind": kind, "size": attr_int(die, "DW_AT_byte_size"), "signed": signed,
-                                 "endian": "little"}
-        return {"kind": "base", "name": name}
-
-    def base_named(self, name: str, size: int, signed: bool) -> str:
-        self.base_types.setdefault(name, {"kind": "int", "size": size, "signed": signed, "endian": "little"})
-        return name
-
-    def add_enum(self, die, name: str) -> str:
-        constants = {die_name(e): attr_int(e, "DW_AT_const_value") for e in die.iter_children()
-                     if e.tag == "DW_TAG_enumerator"}
-        size = attr_int(die, "DW_AT_byte_size")
-        if "DW_AT_type" in die.attributes:
-            base = self.base(self.index.strip(die.get_DIE_from_attribute("DW_AT_type")))["name"]
-        else:
-            signed = min(constants.values(), default=0) < 0
-            base = self.base_named("int" if signed else "unsigned int", size, signed)
-        self.enums[name] = {"size": size, "base": base, "constants": constants}
-        return name
-
-
-# --------------------------------------------------------------------------------------------------
 # Names from the installed torch: dtypes and device types
 # --------------------------------------------------------------------------------------------------
 
@@ -373,9 +152,9 @@ def enum_values(enums: Dict[str, dict], name: str) -> Dict[str, int]:
     return {k: v for k, v in enums[name]["constants"].items() if k not in ENUMS[name]}
 
 
-def derived_tables(index: CxxDwarf, isf: dict, torch_python: str) -> Dict[str, dict]:
+def derived_tables(index: CxxDwarf, builder: IsfBuilder, torch_python: str) -> Dict[str, dict]:
     """The item size, dtype and device name tables, each checked against a second source."""
-    enums = isf["enums"]
+    enums = builder.enums
     scalar_types = enum_values(enums, "c10::ScalarType")
     device_types = enum_values(enums, "c10::DeviceType")
     item_sizes = index.constant_array(ITEM_SIZES)
@@ -383,7 +162,7 @@ def derived_tables(index: CxxDwarf, isf: dict, torch_python: str) -> Dict[str, d
         raise SystemExit(f"{ITEM_SIZES} has {len(item_sizes)} entries for {len(scalar_types)} scalar types")
     itemsize = {name: item_sizes[value] for name, value in scalar_types.items()}
 
-    tensor_impl = isf["user_types"]["c10::TensorImpl"]["fields"]
+    tensor_impl = builder.user_types["c10::TensorImpl"]["fields"]
     device_names = {value: DEVICE_NAME_EXCEPTIONS.get(name, name.lower()) for name, value in device_types.items()}
     spec = {"data_type": tensor_impl["data_type_"]["offset"],
             "device_type": tensor_impl["device_opt_"]["offset"],  # optional<Device>: the Device comes first
@@ -403,8 +182,7 @@ def derived_tables(index: CxxDwarf, isf: dict, torch_python: str) -> Dict[str, d
     if found["device_read"] != {"cpu": device_types["CPU"], "meta": device_types["Meta"]}:
         raise SystemExit(f"device type read back from live tensors: {found['device_read']}")
 
-    item_base = {"kind": "int", "size": 1, "signed": False, "endian": "little"}
-    isf["base_types"].setdefault("unsigned char", item_base)
+    builder.base_named("unsigned char", 1, signed=False)
     scalar_enum = enums["c10::ScalarType"]
     device_enum = enums["c10::DeviceType"]
     return {
@@ -421,22 +199,17 @@ def derived_tables(index: CxxDwarf, isf: dict, torch_python: str) -> Dict[str, d
 
 def build_isf(library: str, torch_python: str, torch_info: dict, cxx: str) -> dict:
     with open(library, "rb") as fh:
-        index = CxxDwarf(ELFFile(fh))
+        index = CxxDwarf(ELFFile(fh), where=f"the probe's DWARF (is it named in {PROBE_SOURCE}?)")
         builder = IsfBuilder(index, ROOT_TYPES)
+        builder.build()
         for name in ENUMS:
             builder.add_enum(index.definition(name, ("DW_TAG_enumeration_type",)), name)
-        isf = {"base_types": builder.base_types, "user_types": builder.user_types, "enums": builder.enums,
-               "symbols": {}}
-        isf["enums"].update(derived_tables(index, isf, torch_python))
-    isf["metadata"] = {
-        "format": ISF_FORMAT,
-        "producer": dict(PRODUCER, torch_version=torch_info["version"],
-                         torch_headers_sha256=tree_sha256(torch_info["include"]),
-                         probe_sha256=sha256_file(PROBE_SOURCE), compiler=compiler_version(cxx),
-                         compiler_flags=" ".join(CXX_FLAGS),
-                         python_headers=torch_info["python_version"]),
-    }
-    return isf
+        builder.enums.update(derived_tables(index, builder, torch_python))
+    producer = dict(PRODUCER, torch_version=torch_info["version"],
+                    torch_headers_sha256=tree_sha256(torch_info["include"]), probe_sha256=sha256_file(PROBE_SOURCE),
+                    compiler=compiler_version(cxx), compiler_flags=" ".join(CXX_FLAGS),
+                    python_headers=torch_info["python_version"])
+    return isf_document(builder, producer)
 
 
 def generate(torch_python: str, out_dir: str, cxx: str = "g++") -> str:
@@ -448,16 +221,17 @@ def generate(torch_python: str, out_dir: str, cxx: str = "g++") -> str:
     return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-python", required=True, help="an interpreter that imports the torch to describe")
     parser.add_argument("--cxx", default="g++", help="C++ compiler (default: g++)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: the package's symbols/torch)")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    path = generate(args.torch_python, args.out, args.cxx)
-    print(f"{path} ({os.path.getsize(path)} bytes)")
-    return 0
+
+
+def generate_table(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[Tuple[str, str]]:
+    yield "", generate(args.torch_python, args.out, args.cxx)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(__doc__, "torch", argv, add_arguments, generate_table)
 
 
 if __name__ == "__main__":

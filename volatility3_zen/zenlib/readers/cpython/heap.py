@@ -16,8 +16,6 @@ from .runtime import Runtime
 
 _2U64 = struct.Struct("<QQ")
 _U64 = struct.Struct("<Q")
-Py_TPFLAGS_TYPE_SUBCLASS = 1 << 31
-Py_TPFLAGS_HEAPTYPE = 1 << 9
 MAX_GC_OBJECTS = 50_000_000
 _SCAN_BLOCK = 1 << 22  # words per step of the orphaned-node search (bounds its temporary arrays)
 
@@ -32,6 +30,10 @@ class Heap:
         self.gc_size = L.size("PyGC_Head")
         self.off_gc_next = L.offset("PyGC_Head", gc_member.format("next"))
         self.off_gc_prev = L.offset("PyGC_Head", gc_member.format("prev"))
+        # tp_flags bits; 0 where the version has no such flag, so that testing it is always false
+        self.type_subclass_flag = L.const("Py_TPFLAGS_TYPE_SUBCLASS")
+        self.managed_dict_flag = L.const("Py_TPFLAGS_MANAGED_DICT", 0)  # 3.11+
+        self.inline_values_flag = L.const("Py_TPFLAGS_INLINE_VALUES", 0)  # 3.13+
 
     # -- GC --------------------------------------------------------------------------------------
     def gc_state(self) -> int:
@@ -142,7 +144,7 @@ class Heap:
     def is_type_object(self, type_addr: int) -> bool:
         """True if objects of ``type_addr`` are themselves types (it is ``type`` or a metaclass)."""
         try:
-            return bool(self.o.type_flags(type_addr) & Py_TPFLAGS_TYPE_SUBCLASS)
+            return bool(self.o.type_flags(type_addr) & self.type_subclass_flag)
         except MemoryReadError:
             return False
 
@@ -187,8 +189,7 @@ class Heap:
         type_addr = o.type_of(obj)
         flags = o.type_flags(type_addr)
         L = self.L
-        managed = L.has_const("Py_TPFLAGS_MANAGED_DICT") and flags & L.const("Py_TPFLAGS_MANAGED_DICT")
-        if not managed:
+        if not flags & self.managed_dict_flag:
             dictoffset = struct.unpack("<q", o.mem.read(type_addr + o.off_tp_dictoffset, 8))[0]
             if dictoffset == 0:
                 return {}
@@ -201,7 +202,7 @@ class Heap:
             dict_addr = o.u64(obj - 3 * 8)
             if dict_addr:
                 return o.str_dict(dict_addr)
-            if L.has_const("Py_TPFLAGS_INLINE_VALUES") and flags & L.const("Py_TPFLAGS_INLINE_VALUES"):
+            if flags & self.inline_values_flag:
                 values = obj + o.u64(type_addr + o.off_tp_basicsize)  # == obj + sizeof(PyObject)
                 capacity, _size, _embedded, valid = o.mem.read(values, 4)
                 if not valid:  # the values moved into a dict, whose pointer is null: nothing to read

@@ -17,15 +17,18 @@ original's references are expanded, except where the original's string interning
 (before 3.11 marshal did not sort sets) differs from the rules below.
 """
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Iterable, Optional, Set, Tuple, Union
 
 from ...errors import CorruptObjectError, UnsupportedVersionError
 from ...representation.program import CodeObject, CodeRef
+from .layouts import load_layout
 
 Version = Tuple[int, int]
 Resolver = Callable[[int], CodeObject]
+FastKinds = Tuple[int, int, int]  # CO_FAST_LOCAL, CO_FAST_CELL, CO_FAST_FREE of the target version
 
 # importlib.util.MAGIC_NUMBER of each final release (Lib/importlib/_bootstrap_external.py).
 PYC_MAGIC: Dict[Version, int] = {
@@ -62,10 +65,8 @@ TYPE_CODE = b"c"
 # Big ints are written in 15-bit digits whatever the target's internal digit size.
 LONG_SHIFT = 15
 
-# The kinds of a 3.11+ "locals plus" slot (Include/internal/pycore_code.h).
-CO_FAST_LOCAL = 0x20
-CO_FAST_CELL = 0x40
-CO_FAST_FREE = 0x80
+# The first version whose code objects keep a "locals plus" table, with a kind byte per slot.
+LOCALSPLUS_SINCE: Version = (3, 11)
 
 # How each code-object field is written (see ``_Writer._field``):
 #   int      -- 32-bit little-endian (w_long)
@@ -173,25 +174,38 @@ def pyc_bytes(code: CodeObject, resolve: Resolver, version: Version, mtime: int 
     return header + dumps_code(code, resolve, version)
 
 
-def localsplus(code: CodeObject) -> Tuple[Tuple[str, ...], bytes]:
-    """The 3.11+ locals-plus table of ``code``: the recovered one, or derived as the compiler lays it out.
+def localsplus(code: CodeObject, version: Version) -> Tuple[Tuple[str, ...], bytes]:
+    """The locals-plus table of ``code`` for a 3.11+ ``version``: the recovered one, or derived as the
+    compiler lays it out.
 
     The compiler (``compute_localsplus_info``) puts the varnames first, marking those that are also
     cells (arguments captured by a closure), then the remaining cells, then the free variables.  The
     3.12+ CO_FAST_HIDDEN mark of inlined-comprehension locals cannot be derived; it only matters for
     ``locals()`` inside such a function.
     """
+    return _localsplus(code, fast_kinds(supported_version(version)))
+
+
+@functools.lru_cache(maxsize=None)
+def fast_kinds(version: Version) -> FastKinds:
+    """The slot kinds of a 3.11+ version's locals-plus table, from its headers (the shipped ISF)."""
+    layout = load_layout(version)
+    return layout.const("CO_FAST_LOCAL"), layout.const("CO_FAST_CELL"), layout.const("CO_FAST_FREE")
+
+
+def _localsplus(code: CodeObject, slot_kinds: FastKinds) -> Tuple[Tuple[str, ...], bytes]:
     if code.localsplusnames is not None and code.localspluskinds is not None:
         return tuple(code.localsplusnames), bytes(code.localspluskinds)
+    fast_local, fast_cell, fast_free = slot_kinds
     cells = set(code.cellvars)
     names = list(code.varnames)
-    kinds = [CO_FAST_LOCAL | (CO_FAST_CELL if name in cells else 0) for name in names]
+    kinds = [fast_local | (fast_cell if name in cells else 0) for name in names]
     for name in code.cellvars:
         if name not in code.varnames:
             names.append(name)
-            kinds.append(CO_FAST_CELL)
+            kinds.append(fast_cell)
     names.extend(code.freevars)
-    kinds.extend(CO_FAST_FREE for _ in code.freevars)
+    kinds.extend(fast_free for _ in code.freevars)
     return tuple(names), bytes(kinds)
 
 
@@ -219,6 +233,7 @@ class _Writer:
     def __init__(self, version: Version, resolve: Resolver):
         self.fields = CODE_FIELDS[version]
         self.interning = STRING_INTERNING[version]
+        self.fast_kinds = fast_kinds(version) if version >= LOCALSPLUS_SINCE else None
         self.resolve = resolve
         self.out = bytearray()
         self._open: Set[int] = set()  # code objects being written: a cycle means corrupt memory
@@ -248,9 +263,9 @@ class _Writer:
                 text = code.name
             self.string(text, interned=_interned(getattr(self.interning, name), text))
         elif kind == "localsplusnames":
-            self._names(localsplus(code)[0])
+            self._names(_localsplus(code, self.fast_kinds)[0])
         elif kind == "localspluskinds":
-            self._bytes(localsplus(code)[1])
+            self._bytes(_localsplus(code, self.fast_kinds)[1])
         else:
             raise AssertionError(f"unknown field kind {kind!r}")
 

@@ -29,8 +29,6 @@ MAX_TUPLE = 1 << 20
 MAX_DIGITS = 1 << 16
 MAX_DICT_LOG2 = 26
 
-Py_TPFLAGS_HEAPTYPE = 1 << 9
-
 # What decoding smeared memory raises, besides our own errors: struct on an impossible size, a table
 # indexed by a garbage byte, ...  Loops over many objects catch these per object and go on.
 DECODE_ERRORS = (ZenError, struct.error, ValueError, IndexError, KeyError, OverflowError)
@@ -99,6 +97,7 @@ class ObjectReader:
         self.off_set_key = L.offset("setentry", "key")
         self.off_cell_ref = L.offset("PyCellObject", "ob_ref")
         self.off_md_dict = L.offset("PyModuleObject", "md_dict")
+        self.heap_type_flag = L.const("Py_TPFLAGS_HEAPTYPE")  # tp_flags bit of a class made at run time
         self._init_dict_offsets()
         self._type_kind: Dict[int, str] = {}
         self._type_names: Dict[int, Optional[str]] = {}
@@ -155,7 +154,7 @@ class ObjectReader:
         kind = self._type_kind.get(type_addr)
         if kind is None:
             try:
-                if self.type_flags(type_addr) & Py_TPFLAGS_HEAPTYPE:
+                if self.type_flags(type_addr) & self.heap_type_flag:
                     kind = "heap"
                 else:
                     name = self.type_name(type_addr)
@@ -333,6 +332,14 @@ class ObjectReader:
             except DECODE_ERRORS:
                 continue
         return out
+
+    def type_namespace(self, type_addr: int) -> Dict[str, int]:
+        """A heap class's own namespace (``cls.__dict__``) as {name: value address}."""
+        return self.str_dict(self.u64(type_addr + self.off_tp_dict))
+
+    def module_namespace(self, module_addr: int) -> Dict[str, int]:
+        """A module's globals (``module.__dict__``) as {name: value address}."""
+        return self.str_dict(self.u64(module_addr + self.off_md_dict))
 
     # -- generic constants --------------------------------------------------------------------------
     def read_const(self, obj: int, depth: int = 0) -> Any:

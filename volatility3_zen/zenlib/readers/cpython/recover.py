@@ -11,7 +11,7 @@ from ...errors import CorruptObjectError, MemoryReadError
 from ..memory import ProcessMemory
 from ...representation.program import ClassInfo, Function, InterpreterInfo, ModuleInfo, Program, nested_code
 from .code import CodeReader
-from .heap import Heap, Py_TPFLAGS_HEAPTYPE
+from .heap import Heap
 from .objects import DECODE_ERRORS, ObjectReader
 from .runtime import METHODS, Runtime, find_runtime
 
@@ -131,6 +131,7 @@ class PythonProcess:
         function_addrs: List[int] = []
         class_addrs: List[int] = []
         function_type = None
+        heap_type_flag = o.heap_type_flag
         if progress:
             progress(0.0, "Walking the GC lists")
         for obj, type_addr in self.heap.gc_objects():
@@ -143,7 +144,7 @@ class PythonProcess:
                 function_addrs.append(obj)
             elif self.heap.is_type_object(type_addr):
                 try:
-                    if o.type_flags(obj) & Py_TPFLAGS_HEAPTYPE:
+                    if o.type_flags(obj) & heap_type_flag:
                         class_addrs.append(obj)
                 except MemoryReadError:
                     warn.add(f"type object at 0x{obj:x} unreadable")
