@@ -42,7 +42,7 @@ def fingerprint(record, kind):
     pid, root = model_root(record)
     image = str(record.image) if kind == "lime" else str(record.cores[pid])
     plugin = construct(image, "linux.zen.attribute.Attribute", pid=[pid], root=[root])
-    found = [ur for _, ur in session.model_fingerprints(plugin.context, plugin.config, [root])]
+    found = [found.ur for found in session.models(plugin.context, plugin.config, [root])]
     if len(found) != 1:
         raise SystemExit(f"{record.name}: expected one model at 0x{root:x}, found {len(found)}")
     return found[0]

@@ -33,7 +33,7 @@ def _model_root(image):
 
 def _fingerprint(path, pid, root):
     plugin = zen_testlib.construct(str(path), "linux.zen.attribute.Attribute", pid=[pid], root=[root])
-    (found,) = [ur for _, ur in session.model_fingerprints(plugin.context, plugin.config, [root])]
+    (found,) = [found.ur for found in session.models(plugin.context, plugin.config, [root])]
     return found
 
 

@@ -16,7 +16,8 @@ import pytest
 import zen_testlib
 from test_attribution import OBFUSCATION, RESNET, as_other_version, make_ur, obfuscate, resnet_se_source, resnet_spec
 from tools.corpus import interpreters, load_ground_truth
-from volatility3_zen.zenlib.bundle import collect as patchbundle
+from volatility3_zen.zenlib.bundle import format as bundle_format
+from volatility3_zen.zenlib.bundle import write as bundle_write
 from volatility3_zen.zenlib.analysis.attribution import pr_matching
 from volatility3_zen.zenlib.analysis.diff import diff_models
 from volatility3_zen.zenlib.representation.unified import (
@@ -180,9 +181,9 @@ LOAD_MARSHAL = "import json, marshal, sys; print(json.dumps([marshal.loads(open(
 
 def _check_bundle(path, truth, tmp_path):
     """The bundle's members against its manifest, and its code against the ground truth."""
-    members = patchbundle.read_members(path)
+    members = bundle_format.read_members(path)
     assert list(zipfile.ZipFile(path).namelist())[0] == "manifest.json"
-    assert patchbundle.verify(members) == []
+    assert bundle_format.verify(members) == []
     manifest = json.loads(members["manifest.json"])
     assert manifest["format"] == "zen-patch-bundle" and manifest["python_version"] == truth["python_version"][:4]
     code = json.loads(members["code.json"])
@@ -214,7 +215,7 @@ def test_patchgen_rows_diff_and_bundle(deployment, corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
     assert rows and all(r["Root"] == root and r["Base"] == rows[0]["Base"] for r in rows)
-    members, manifest = _check_bundle(out / patchbundle.bundle_name(pid, root), truth, tmp_path)
+    members, manifest = _check_bundle(out / bundle_write.bundle_name(pid, root), truth, tmp_path)
     model_diff = json.loads(members["diff.json"])
     added = {(c["module"].split(".")[0], c["name"]) for c in model_diff["added_classes"]}
     assert added == DERIVED[deployment]
@@ -253,7 +254,7 @@ def test_plain_python_cross_version_bundle(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
     assert {r["Base"] for r in rows} == {"micrograd"}
-    members, manifest = _check_bundle(out / patchbundle.bundle_name(pid, root), truth, tmp_path)
+    members, manifest = _check_bundle(out / bundle_write.bundle_name(pid, root), truth, tmp_path)
     assert manifest["python_version"] == "3.12" and manifest["torch_version"] is None
     assert "weights.safetensors" not in members and "model.json" not in members
     added = {c["name"] for c in json.loads(members["diff.json"])["added_classes"]}

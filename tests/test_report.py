@@ -20,7 +20,8 @@ import zen_testlib
 from test_attribution import RESNET, make_ur, resnet_se_source, resnet_spec
 from test_patchgen import _model
 from volatility3_zen.zenlib.analysis import library as bml
-from volatility3_zen.zenlib.bundle import collect as patchbundle
+from volatility3_zen.zenlib.bundle import format as bundle_format
+from volatility3_zen.zenlib.bundle import write as bundle_write
 from volatility3_zen.zenlib.bundle import report
 from volatility3_zen.zenlib.analysis import attribution, diff
 from volatility3_zen.zenlib.bundle.report import _text as visible  # how the page shows a name read from memory
@@ -260,7 +261,7 @@ def dumped(corpus, tmp_path_factory):
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_report_of_a_recovered_model(deployment, dumped):
     pid, root, out, _ = dumped(deployment)
-    members = patchbundle.read_members(out / patchbundle.bundle_name(pid, root))
+    members = bundle_format.read_members(out / bundle_write.bundle_name(pid, root))
     target = UnifiedRepresentation.loads(members["ur.json"].decode())
     text, result, model_diff = render(target, bml.BaseModelLibrary(None).all())
     page = check_page(text, result, model_diff)
@@ -277,11 +278,11 @@ def test_report_of_a_recovered_model(deployment, dumped):
 @pytest.mark.parametrize("deployment", DEPLOYMENTS[:1])
 def test_patchgen_writes_the_report_next_to_the_bundle(deployment, dumped):
     pid, root, out, core = dumped(deployment)
-    bundle = patchbundle.bundle_name(pid, root)
+    bundle = bundle_write.bundle_name(pid, root)
     path = out / report.report_name(pid, root)
     assert sorted(p.name for p in out.iterdir()) == sorted([bundle, path.name])
     text = path.read_bytes().decode("utf-8")
-    members = patchbundle.read_members(out / bundle)
+    members = bundle_format.read_members(out / bundle)
     target = UnifiedRepresentation.loads(members["ur.json"].decode())
     model_diff = json.loads(members["diff.json"])
     page = Page(text)

@@ -20,7 +20,7 @@ import pytest
 
 from tools import reuse_check
 from tools.corpus import catalog, load_ground_truth
-from volatility3_zen.zenlib.bundle import format as bundleformat
+from volatility3_zen.zenlib.bundle import format as bundle_format
 
 REPO = Path(__file__).resolve().parent.parent
 # Derivatives whose rebuild works without the patch, and why (checked, not assumed: the test asserts
@@ -199,7 +199,7 @@ def test_dry_run_lists_and_changes_nothing(resnet_se_bundle):
 
 # -- refusals -----------------------------------------------------------------------------------------------
 def _rewrite(source: Path, target: Path, change) -> None:
-    members = bundleformat.read_members(source)
+    members = bundle_format.read_members(source)
     change(members)
     with zipfile.ZipFile(target, "w") as archive:
         for name, data in members.items():
@@ -251,7 +251,7 @@ def test_consistent_rewrite_is_caught_by_the_recorded_manifest_hash(resnet_se_bu
     """Re-hashing a changed member into the manifest passes the manifest check; the investigator's
     record of the manifest's own sha256 (the CLI prints it) does not."""
     _, bundle, _ = resnet_se_bundle
-    original = bundleformat.manifest_sha256(bundleformat.read_members(bundle))
+    original = bundle_format.manifest_sha256(bundle_format.read_members(bundle))
 
     def rewrite(members):
         import hashlib
@@ -263,7 +263,7 @@ def test_consistent_rewrite_is_caught_by_the_recorded_manifest_hash(resnet_se_bu
 
     altered = tmp_path / "rehashed.zenpatch.zip"
     _rewrite(bundle, altered, rewrite)
-    assert bundleformat.verify(bundleformat.read_members(altered)) == []
+    assert bundle_format.verify(bundle_format.read_members(altered)) == []
     assert _cli(bundle, "--dry-run", "--expect-sha256", original).returncode == 0
     _refused(_cli(altered, "--dry-run", "--expect-sha256", original), "refused", original)
 

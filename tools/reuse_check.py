@@ -56,9 +56,9 @@ def interpreter(image) -> str:
 def hidden_packages(bundle: Path) -> str:
     """Top-level packages that only the derivative brought: those of its added classes and of the
     modules the bundle creates, minus the base's own packages (from its fingerprint in bml/)."""
-    from volatility3_zen.zenlib.bundle import format as bundleformat
+    from volatility3_zen.zenlib.bundle import format as bundle_format
 
-    members = bundleformat.read_members(bundle)
+    members = bundle_format.read_members(bundle)
     manifest = json.loads(members["manifest.json"])
     base = json.loads((REPO / "bml" / f"{manifest['base']['name']}.json").read_text())
     modules = [c["module"] for c in json.loads(members["classes.json"])["added"]]

@@ -8,13 +8,14 @@ analysis reuses.  docs/attribution.md describes the algorithm, weights, determin
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..representation.unified import UnifiedRepresentation
 from .similarity import (
     DEFAULT_WEIGHTS,
     PreparedModel,
+    PairScorer,
     PreparedProgram,
     ProgramMatching,
     Vocabulary,
@@ -71,6 +72,9 @@ class Attribution:
     removed: List[str]  # winner code objects the target lacks
     cross_version: bool  # the winner's CPython version is not the target's
     notes: List[str] = field(default_factory=list)
+    # s(t, b) between the target's and the winner's code objects, as the matching scored them (the
+    # report's heat map reuses it); not part of the JSON form.
+    code_similarity: Optional[PairScorer] = field(default=None, repr=False, compare=False)
 
 
 class _Session:
@@ -220,6 +224,7 @@ def attribute(target: UnifiedRepresentation, library: Sequence[UnifiedRepresenta
         removed=removed,
         cross_version=bases[winner].python_version != target.python_version,
         notes=notes,
+        code_similarity=comparisons[winner].matching.scorer,
     )
 
 
@@ -237,6 +242,7 @@ def similarity_matrix(targets: Sequence[UnifiedRepresentation], library: Sequenc
 def to_json(result: Attribution) -> Dict[str, Any]:
     """The JSON form of an attribution (docs/attribution.md): the dataclass fields as they are, under a
     schema number; scores in rank order, Omega by target function_id, Delta and Removed sorted."""
-    out = asdict(result)
+    out = asdict(replace(result, code_similarity=None))
+    del out["code_similarity"]
     out["omega"] = sorted(out["omega"], key=lambda m: (m["target"], m["base"]))
     return {"schema": ATTRIBUTION_SCHEMA_VERSION, "format": "zen-attribution", **out}

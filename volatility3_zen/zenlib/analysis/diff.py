@@ -20,7 +20,7 @@ docs/patchgen.md describes the JSON form (``DIFF_SCHEMA_VERSION``).
 """
 
 import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from rapidfuzz.distance import LCSseq
@@ -130,6 +130,12 @@ class ModelDiff:
         for kind in KINDS:
             out[f"layers_{kind}"] = sum(1 for c in self.layer_changes if c.kind == kind)
         return out
+
+    def with_class_attributes(self, attributes: Dict[str, Dict[str, Any]]) -> "ModelDiff":
+        """A copy whose added classes also carry the given class attributes (class key -> attribute
+        name -> encoded value, as the bundle collector reads them from the image); self is unchanged."""
+        added = [replace(c, attributes={**c.attributes, **attributes.get(c.key, {})}) for c in self.added_classes]
+        return replace(self, added_classes=added)
 
     def to_json(self) -> Dict[str, Any]:
         out = asdict(self)

@@ -522,6 +522,7 @@ class ProgramMatching:
     removed: List[int]  # base code objects without a match
     score: float  # the PR similarity
     stages: Dict[str, int]  # pairs found by each stage
+    scorer: Optional[PairScorer] = field(default=None, repr=False, compare=False)  # s(t, b) of these programs
 
 
 def exact_bytecode_matches(t: PreparedProgram, b: PreparedProgram) -> int:
@@ -605,6 +606,7 @@ def match_programs(t: PreparedProgram, b: PreparedProgram, weights: Weights = DE
         removed=[j for j in range(len(b)) if j not in taken_b],
         score=float(min(score, 1.0)),
         stages=stages,
+        scorer=scorer,
     )
 
 

@@ -1,7 +1,7 @@
 """The patch bundle's container format: names, reading, and checking members against the manifest.
 
 Standard library only: ``volatility3_zen.reuse`` imports this inside the base model's environment,
-where neither Volatility nor the rest of the library is installed.  ``patchbundle`` writes bundles.
+where neither Volatility nor the rest of the library is installed.  ``bundle.write`` writes bundles.
 """
 
 import hashlib

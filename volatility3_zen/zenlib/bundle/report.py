@@ -21,7 +21,7 @@ import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ... import __version__
-from ..analysis import attribution, diff, similarity
+from ..analysis import attribution, diff, heatmap, similarity
 from ..representation.model import readable_value
 from ..representation.unified import CodeFeature, UnifiedRepresentation
 
@@ -139,64 +139,19 @@ class _HtmlDiff(difflib.HtmlDiff):
 
 # -- the heat map ------------------------------------------------------------------------------------------
 def _heatmap(target: UnifiedRepresentation, base: UnifiedRepresentation, model_diff: diff.ModelDiff,
-             weights: similarity.Weights) -> str:
-    """s(t, b) between the code objects the diff names and the base code they relate to (inline SVG).
-
-    Rows: the target's changed code, its added code, then what was pulled in unchanged.  Columns: the
-    base counterparts of the changed (and pulled-in) rows, the base object most similar to each added
-    row, and the removed base code.  The matched pairs then lie on a diagonal, an added object next to
-    its closest base relative, and a removed object that was in truth rewritten shows as a bright cell
-    in an added row."""
-    t_index = {c.function_id: k for k, c in enumerate(target.pr.code)}
-    b_index = {c.function_id: k for k, c in enumerate(base.pr.code)}
-    changed = [c for c in model_diff.changes if c.kind == "changed" and c.pulled_in_by is None]
-    added = [c for c in model_diff.changes if c.kind == "added"]
-    pulled = [c for c in model_diff.changes if c.kind == "changed" and c.pulled_in_by is not None]
-    groups = [[(kind, c.function_id) for c in group if c.function_id in t_index]
-              for kind, group in (("changed", changed), ("added", added), ("pulled in", pulled))]
-    total_rows = sum(len(g) for g in groups)
-    if not total_rows:
+             result: attribution.Attribution, weights: similarity.Weights) -> str:
+    """The heat map of ``analysis.heatmap`` as inline SVG, with its row and column key."""
+    hm = heatmap.code_heatmap(target, base, model_diff, result, MAX_HEATMAP_ROWS, MAX_HEATMAP_COLUMNS, weights)
+    if not hm.rows:
         return '<p class="note">No code object of the target differs from the base: no heat map.</p>'
-    rows = [row for group in _share(groups, MAX_HEATMAP_ROWS) for row in group]
-    shown = {fid for _, fid in rows}
-    matched = {c.function_id: c.base_function_id for c in changed + pulled if c.function_id in shown}
-
-    vocabulary = similarity.Vocabulary()
-    scorer = similarity.PairScorer(similarity.prepare_program(target, vocabulary),
-                                   similarity.prepare_program(base, vocabulary), weights)
-    columns: List[Tuple[str, str]] = []
-    seen = set()
-
-    def column(kind: str, fid: Optional[str]) -> None:
-        if fid is not None and fid in b_index and fid not in seen:
-            seen.add(fid)
-            columns.append((kind, fid))
-
-    for kind, fid in rows:
-        if kind == "changed":
-            column("matched", matched.get(fid))
-    added_rows = [t_index[fid] for kind, fid in rows if kind == "added"]
-    if added_rows and base.pr.code:
-        nearest = scorer.score_matrix(added_rows, range(len(base.pr.code))).argmax(axis=1)
-        for j in nearest.tolist():
-            column("nearest", base.pr.code[j].function_id)
-    for kind, fid in rows:
-        if kind == "pulled in":
-            column("matched", matched.get(fid))
-    related = len(columns)
-    for c in model_diff.changes:
-        if c.kind == "removed":
-            column("removed", c.base_function_id)
-    if not columns:
+    if not hm.columns:
         return '<p class="note">The base has no code to compare the differing code with: no heat map.</p>'
-    total_columns = len(columns)
-    columns = columns[:max(MAX_HEATMAP_COLUMNS, related)]
-    matrix = scorer.score_matrix([t_index[fid] for _, fid in rows], [b_index[fid] for _, fid in columns])
-    pair_s = {(c.function_id, c.base_function_id): c.similarity for c in changed + pulled}
-
-    t_code, b_code = target.pr.code, base.pr.code
-    row_labels = [f"t{i + 1} {_short(t_code[t_index[fid]].qualname, LABEL_CHARS)}" for i, (_, fid) in enumerate(rows)]
-    col_labels = [f"b{j + 1} {_short(b_code[b_index[fid]].qualname, LABEL_CHARS)}" for j, (_, fid) in enumerate(columns)]
+    rows, columns = hm.rows, hm.columns
+    pairs = set(hm.pairs)
+    t_code = {c.function_id: c for c in target.pr.code}
+    b_code = {c.function_id: c for c in base.pr.code}
+    row_labels = [f"t{i + 1} {_short(t_code[fid].qualname, LABEL_CHARS)}" for i, (_, fid) in enumerate(rows)]
+    col_labels = [f"b{j + 1} {_short(b_code[fid].qualname, LABEL_CHARS)}" for j, (_, fid) in enumerate(columns)]
     left = 8 + int(_CHAR_WIDTH * max(len(s) for s in row_labels))
     top = 8 + int(_CHAR_WIDTH * max(len(s) for s in col_labels))
     # Wide enough for the legend below the cells, however few columns there are.
@@ -216,10 +171,8 @@ def _heatmap(target: UnifiedRepresentation, base: UnifiedRepresentation, model_d
     out.append("</g>")
     for i, (row_kind, t_fid) in enumerate(rows):
         for j, (col_kind, b_fid) in enumerate(columns):
-            is_pair = matched.get(t_fid) == b_fid
-            value = float(matrix[i, j])
-            if is_pair and pair_s.get((t_fid, b_fid)) is not None:
-                value = float(pair_s[(t_fid, b_fid)])  # the matching's own figure, as in the change table
+            is_pair = (i, j) in pairs
+            value = hm.values[i][j]
             r, g, b = _colour(value)
             stroke = ' stroke="#d62728" stroke-width="2"' if is_pair else ""
             tip = f"t{i + 1} ({row_kind}) {_text(t_fid)}\n× b{j + 1} ({col_kind}) {_text(b_fid)}\ns = {value:.4f}"
@@ -235,10 +188,10 @@ def _heatmap(target: UnifiedRepresentation, base: UnifiedRepresentation, model_d
                f'<text x="{left + 160}" y="{legend_y + 9}">s(t, b); red outline: pair matched by Ω</text></g>')
     out.append("</svg>")
     notes = []
-    if total_rows > len(rows):
-        notes.append(f"{len(rows)} of {total_rows} rows are shown: the first of each kind, shared out evenly")
-    if total_columns > len(columns):
-        notes.append(f"{len(columns)} of {total_columns} columns are shown: the removed code is cut short")
+    if hm.total_rows > len(rows):
+        notes.append(f"{len(rows)} of {hm.total_rows} rows are shown: the first of each kind, shared out evenly")
+    if hm.total_columns > len(columns):
+        notes.append(f"{len(columns)} of {hm.total_columns} columns are shown: the removed code is cut short")
     key = ['<details class="key"><summary>Row and column key</summary><table class="data" id="heatmap-key">'
            "<tr><th>#</th><th>kind</th><th>function ID</th></tr>"]
     for prefix, entries in (("t", rows), ("b", columns)):
@@ -247,24 +200,6 @@ def _heatmap(target: UnifiedRepresentation, base: UnifiedRepresentation, model_d
     key.append("</table></details>")
     return ("".join(f'<p class="note">{_e(n.capitalize())}.</p>' for n in notes)
             + '<div class="scroll">' + "\n".join(out) + "</div>" + "".join(key))
-
-
-def _share(groups: List[List[Any]], budget: int) -> List[List[Any]]:
-    """The first items of each group, at most ``budget`` in all, shared out evenly: a group that needs
-    less than its share leaves the rest to the others (so a model with hundreds of changes still
-    shows some of its added code)."""
-    quota = [0] * len(groups)
-    left = budget
-    while left > 0:
-        open_groups = [k for k, g in enumerate(groups) if quota[k] < len(g)]
-        if not open_groups:
-            break
-        share = max(1, left // len(open_groups))
-        for k in open_groups:
-            take = min(share, len(groups[k]) - quota[k], left)
-            quota[k] += take
-            left -= take
-    return [g[:q] for g, q in zip(groups, quota)]
 
 
 # -- sections ----------------------------------------------------------------------------------------------
@@ -496,7 +431,7 @@ def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, resu
         f"column is code that was probably rewritten rather than new. At most {MAX_HEATMAP_ROWS} rows (shared "
         f"among the three kinds) and {MAX_HEATMAP_COLUMNS} columns are drawn; hover over a cell for its function "
         "IDs and value.</p>",
-        _heatmap(target, base, model_diff, weights), "</section>",
+        _heatmap(target, base, model_diff, result, weights), "</section>",
         '<section id="classes"><h2>Classes and functions</h2>', _classes_section(model_diff), "</section>",
         '<section id="layers"><h2>Layers</h2>', _layers_section(model_diff, target, base), "</section>",
         f'<section id="code"><h2>Code objects ({len(model_diff.changes)})</h2>', _changes_table(model_diff, anchors),

@@ -9,6 +9,7 @@ The result is plain data (``representation.unified``); analysis never needs the 
 """
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .cpython.code_index import function_id as make_function_id, nested_kind
@@ -17,7 +18,7 @@ from .cpython.objects import DECODE_ERRORS
 from .cpython.reach import CodeReach, ReachedCode, is_framework_module
 from .cpython.recover import PythonProcess
 from ..errors import CorruptObjectError
-from ..representation.model import ModelRepresentation
+from ..representation.model import RecoveredModel
 from ..representation.program import ClassInfo, CodeObject, nested_code
 from ..representation.unified import ClassFeature, CodeFeature, LayerNode, MathematicalRepresentation, ProgramRepresentation, UnifiedRepresentation
 
@@ -26,13 +27,22 @@ CALL_OPS = ("CALL", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CA
 PLAIN_ATTRIBUTE_DEPTH = 4  # how deep a plain-Python root's attributes are searched for its parts' classes
 
 
+@dataclass
+class ModelFingerprint:
+    """A model's UR, and the code objects the walk read for it (by address), which the patch bundle
+    serialises without reading them again."""
+
+    ur: UnifiedRepresentation
+    code_objects: Dict[int, CodeObject] = field(default_factory=dict)
+
+
 def version_of(python: PythonProcess) -> Tuple[int, int]:
     major, minor = python.runtime.version.split(".")[:2]
     return int(major), int(minor)
 
 
 # -- MR ---------------------------------------------------------------------------------------------
-def mathematical_representation(model: ModelRepresentation) -> MathematicalRepresentation:
+def mathematical_representation(model: RecoveredModel) -> MathematicalRepresentation:
     own: Dict[str, List[Tuple[str, List[int], str]]] = {}
     parameters = 0
     for entry in model.tensors:
@@ -117,7 +127,7 @@ def program_representation(python: PythonProcess, reached: ReachedCode,
     for addr in sorted(codes, key=lambda a: (named[a][0], named[a][1], codes[a].firstlineno, a)):
         code = codes[addr]
         module, qualname, kind, owner = named[addr]
-        fid = make_function_id(module, qualname, code)
+        fid = make_function_id(module, qualname, code, version)
         used_ids[fid] = used_ids.get(fid, 0) + 1
         if used_ids[fid] > 1:  # two lambdas on one line: same name, signature and line
             fid = f"{fid}#{used_ids[fid]}"
@@ -189,7 +199,7 @@ class Fingerprinter:
     def _type(self, obj: int) -> int:
         return self.o.type_of(obj)
 
-    def torch_model(self, model: ModelRepresentation, provenance: Optional[dict] = None) -> UnifiedRepresentation:
+    def torch_model(self, model: RecoveredModel, provenance: Optional[dict] = None) -> ModelFingerprint:
         node_class = {}
         for node in model.modules:
             try:
@@ -199,14 +209,13 @@ class Fingerprinter:
         mr = mathematical_representation(model)
         return self._build(node_class, mr, model.root_class, provenance)
 
-    def plain_object(self, root: int, provenance: Optional[dict] = None) -> UnifiedRepresentation:
+    def plain_object(self, root: int, provenance: Optional[dict] = None) -> ModelFingerprint:
         """A model that is not an nn.Module: the classes of the root and of what its attributes hold."""
         root_type = self._type(root)
         node_class = {"": root_type}
         classes = self._attribute_classes(root, PLAIN_ATTRIBUTE_DEPTH)
         info = self.py.read_class(root_type)
-        ur = self._build(node_class, None, class_key(info), provenance, extra_classes=classes)
-        return ur
+        return self._build(node_class, None, class_key(info), provenance, extra_classes=classes)
 
     def _attribute_classes(self, root: int, depth: int) -> Set[int]:
         found: Set[int] = set()
@@ -235,7 +244,7 @@ class Fingerprinter:
         return found
 
     def _build(self, node_class: Dict[str, int], mr: Optional[MathematicalRepresentation], root_class: str,
-               provenance: Optional[dict], extra_classes: Iterable[int] = ()) -> UnifiedRepresentation:
+               provenance: Optional[dict], extra_classes: Iterable[int] = ()) -> ModelFingerprint:
         reach = CodeReach(self.py)
         starts = sorted(set(node_class.values()) | set(extra_classes))
         reached = reach.walk(starts)
@@ -249,7 +258,8 @@ class Fingerprinter:
         prov.update(provenance or {})
         if reached.warnings:
             prov["warnings"] = reached.warnings[:50]
-        return UnifiedRepresentation(f"{major}.{minor}", mr, pr, phi, provenance=prov)
+        return ModelFingerprint(UnifiedRepresentation(f"{major}.{minor}", mr, pr, phi, provenance=prov),
+                                reached.code_objects)
 
 
 def framework_class(key: str) -> bool:

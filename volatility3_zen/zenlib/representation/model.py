@@ -1,6 +1,6 @@
 """The representation of a PyTorch model recovered from one process: its tensors, as read from memory.
 
-Plain data only (``dataclasses.asdict`` gives the JSON form): readers in ``zenlib.torch`` fill these
+Plain data only (``dataclasses.asdict`` gives the JSON form): readers in ``zenlib.readers.torch`` fill these
 in, analysis and export consume them without touching process memory again, except to fetch a
 tensor's bytes (``TensorReader.read_bytes``).
 """
@@ -135,8 +135,10 @@ class ExecutionContext:
 
 
 @dataclass
-class ModelRepresentation:
-    """The mathematical representation MR of one model root."""
+class RecoveredModel:
+    """One model root as recovered from memory: its module tree, tensors and graph (the input from
+    which ``readers.fingerprint`` derives the UR's mathematical representation MR, which is
+    ``representation.unified.MathematicalRepresentation``)."""
 
     root_address: int
     root_class: str

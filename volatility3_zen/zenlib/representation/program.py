@@ -1,10 +1,10 @@
 """The programmatic representation of one CPython process: code objects, functions, classes, modules.
 
-JSON form: see docs/representation.md (``PROGRAM_SCHEMA_VERSION``).  Constants are encoded with
-``encode_const`` / ``decode_const`` so that big ints, float bit patterns, complex numbers, bytes,
-frozensets and references to nested code objects survive a round trip exactly.
+Constants are encoded with ``encode_const`` / ``decode_const`` so that big ints, float bit patterns,
+complex numbers, bytes, frozensets and references to nested code objects survive a round trip exactly.
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -137,8 +137,6 @@ def encode_const(value: Any) -> Dict[str, Any]:
     if isinstance(value, tuple):
         return {"t": "tuple", "v": [encode_const(v) for v in value]}
     if isinstance(value, frozenset):
-        import json
-
         items = [encode_const(v) for v in value]
         items.sort(key=lambda e: json.dumps(e, sort_keys=True))
         return {"t": "frozenset", "v": items}

@@ -22,7 +22,7 @@ UR_FORMAT = "zen-unified-representation"
 class CodeFeature:
     """One code object of the PR: what similarity needs, without the process it came from."""
 
-    function_id: str  # "module:qualname(sig)@firstline" (code_index.function_id); unique within a UR
+    function_id: str  # "module:qualname(sig)@firstline" (readers/cpython/code_index.function_id); unique within a UR
     module: str
     qualname: str
     name: str

@@ -1,29 +1,41 @@
 """What every ``linux.zen.*`` plugin shares: requirements, the choice of processes, the error policy.
 
 Plain functions (not a plugin base class: Volatility lists every PluginInterface subclass it sees).
+Each step opens what the next one needs and hands it on: ``python_processes`` yields opened CPython
+processes, ``torch_processes`` adds torch, ``models`` yields every model root with its process and its
+UR together, and ``attributed_models`` adds the attribution, so no later step reopens the image.
 
-Error policy: a process the user named with ``--pid`` that cannot be analysed is a fatal, one-line
-error (non-zero exit); when scanning every process, such a process is a warning and the scan goes on.
-An image with neither a Linux kernel nor a process core is fatal, never a silent empty table.
+Error policy (``_Selection``): a process the investigator chose (named with ``--pid``, or the one
+process of a core) that cannot be analysed is a fatal, one-line error (non-zero exit); when scanning
+every process of an image, such a process is a warning and the scan goes on.  An image with neither a
+Linux kernel nor a process core is fatal, never a silent empty table.
 """
 
-import hashlib
 import logging
-import re
+import os
 import sys
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from volatility3.framework import interfaces
+from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.plugins.linux import pslist
 
-from . import automagic as _register_automagic  # noqa: F401 - Volatility finds automagics by subclass
-from . import targets as volglue
+from ..analysis import attribution
+from ..analysis.library import BaseModelLibrary, LibraryError
+from ..errors import NoPythonError, ZenError
 from ..readers.cpython.objects import DECODE_ERRORS
+from ..readers.cpython.reach import is_framework_module
 from ..readers.cpython.recover import PythonProcess
 from ..readers.cpython.runtime import hosts_python
-from ..errors import CorruptObjectError, NoPythonError, ZenError
-from ..representation.program import CodeObject, Program
+from ..readers.fingerprint import Fingerprinter, ModelFingerprint
+from ..readers.torch.model import TorchProcess
+from ..representation.model import RecoveredModel
+from ..representation.program import Program
+from ..representation.unified import UnifiedRepresentation
+from . import automagic as _register_automagic  # noqa: F401 - Volatility finds automagics by subclass
+from . import targets as volglue
+from .targets import Target
 
 vollog = logging.getLogger(__name__)
 MAX_REPORTED_WARNINGS = 20
@@ -51,8 +63,6 @@ def model_requirements() -> List[interfaces.configuration.RequirementInterface]:
 
 def score_cell(value: Optional[float]):
     """A similarity for a TreeGrid cell: N/A where it does not apply (no MR on one side)."""
-    from volatility3.framework import renderers
-
     return renderers.NotApplicableValue() if value is None else round(float(value), 6)
 
 
@@ -63,9 +73,29 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
-def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonProcess]]:
+class _Selection:
+    """The error policy: which processes the investigator chose, and what a failure on one means."""
+
+    def __init__(self, config):
+        self.pids: Optional[List[int]] = config.get("pid") or None
+
+    def chosen(self, target: Target) -> bool:
+        # A process core holds exactly the process the investigator chose: treat it as named.
+        return bool(self.pids) or target.source == "core"
+
+    def skip(self, target: Target, reason: str, level: int = logging.WARNING) -> None:
+        """A process that cannot be analysed: fatal when chosen, else logged and passed over."""
+        message = f"PID {target.pid} ({target.name}): {reason}"
+        if self.chosen(target):
+            fail(message)
+        vollog.log(level, "%s", message)
+
+
+# -- processes ---------------------------------------------------------------------------------------
+def python_processes(context, config) -> Iterator[Tuple[Target, PythonProcess]]:
     """Opened CPython processes of the image, following the error policy above."""
-    pids = config.get("pid") or None
+    selection = _Selection(config)
+    pids = selection.pids
     kernel = config.get("kernel")
     found_pids = set()
     any_target = False
@@ -75,25 +105,8 @@ def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonPr
         found_pids.add(target.pid)
         if pids and target.pid not in pids:
             continue
-        # A process core holds exactly the process the investigator chose: treat it as named.
-        named = bool(pids) or target.source == "core"
-        if target.memory is None:
-            if named:
-                fail(f"PID {target.pid} ({target.name}) has no user address space (kernel thread or exiting process)")
-            continue
-        try:
-            if not hosts_python(target.memory):
-                if target.source == "core":
-                    fail(f"PID {target.pid} ({target.name}): no CPython interpreter found in this core"
-                         " (not a Python process, a truncated core, or captured without file-backed pages)")
-                if named:
-                    fail(f"PID {target.pid} ({target.name}) does not host a CPython interpreter")
-                continue
-            process = PythonProcess(target.memory)
-        except ZenError as exc:
-            if named:
-                fail(f"PID {target.pid} ({target.name}): {exc}")
-            vollog.warning("PID %d (%s): %s", target.pid, target.name, exc)
+        process = _open_python(target, selection)
+        if process is None:
             continue
         opened += 1
         yield target, process
@@ -110,7 +123,24 @@ def python_processes(context, config) -> Iterator[Tuple[volglue.Target, PythonPr
         vollog.warning("no CPython process found in the image")
 
 
-def programs(context, config, progress: Optional[Callable] = None) -> Iterator[Tuple[volglue.Target, Program]]:
+def _open_python(target: Target, selection: _Selection) -> Optional[PythonProcess]:
+    if target.memory is None:
+        selection.skip(target, "no user address space (kernel thread or exiting process)", logging.DEBUG)
+        return None
+    try:
+        if not hosts_python(target.memory):
+            reason = ("no CPython interpreter found in this core (not a Python process, a truncated core, or"
+                      " captured without file-backed pages)" if target.source == "core"
+                      else "does not host a CPython interpreter")
+            selection.skip(target, reason, logging.DEBUG)
+            return None
+        return PythonProcess(target.memory)
+    except ZenError as exc:
+        selection.skip(target, str(exc))
+        return None
+
+
+def programs(context, config, progress: Optional[Callable] = None) -> Iterator[Tuple[Target, Program]]:
     """The recovered ``Program`` of every selected CPython process, with warnings reported."""
     for target, process in python_processes(context, config):
         prefix = f"PID {target.pid}"
@@ -121,21 +151,23 @@ def programs(context, config, progress: Optional[Callable] = None) -> Iterator[T
         yield target, program
 
 
-def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchProcess"]]:  # noqa: F821 - imported lazily
-    """CPython processes that imported torch (others are skipped, or fatal when named with --pid)."""
-    from ..readers.torch.model import TorchProcess
+def _open_torch(target: Target, process: PythonProcess, selection: _Selection) -> Optional[TorchProcess]:
+    """The process's torch, or None (skipped by the policy).  A Python process without torch is routine
+    when scanning (INFO); an unreadable or unsupported torch is not (WARNING)."""
+    try:
+        return TorchProcess(process)
+    except ZenError as exc:
+        selection.skip(target, str(exc), logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING)
+        return None
 
-    pids = config.get("pid") or None
+
+def torch_processes(context, config) -> Iterator[Tuple[Target, TorchProcess]]:
+    """CPython processes that imported torch (others are skipped, or fatal when chosen)."""
+    selection = _Selection(config)
     found = 0
     for target, process in python_processes(context, config):
-        try:
-            torch_process = TorchProcess(process)
-        except ZenError as exc:
-            if pids or target.source == "core":
-                fail(f"PID {target.pid} ({target.name}): {exc}")
-            # A Python process without torch is routine; an unreadable or unsupported torch is not.
-            level = logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING
-            vollog.log(level, "PID %d (%s): %s", target.pid, target.name, exc)
+        torch_process = _open_torch(target, process, selection)
+        if torch_process is None:
             continue
         found += 1
         yield target, torch_process
@@ -145,7 +177,7 @@ def torch_processes(context, config) -> Iterator[Tuple[volglue.Target, "TorchPro
         vollog.warning("no process with torch imported found in the image")
 
 
-def report_warnings(target, warnings: List[str]) -> None:
+def report_warnings(target: Target, warnings: List[str]) -> None:
     for text in warnings[:MAX_REPORTED_WARNINGS]:
         vollog.warning("PID %d: %s", target.pid, text)
     if len(warnings) > MAX_REPORTED_WARNINGS:
@@ -154,87 +186,31 @@ def report_warnings(target, warnings: List[str]) -> None:
             vollog.info("PID %d: %s", target.pid, text)
 
 
-def _version_tuple(program: Program) -> Tuple[int, int]:
-    major, minor = program.interpreter.version.split(".")[:2]
-    return int(major), int(minor)
+# -- models ------------------------------------------------------------------------------------------
+@dataclass
+class FoundModel:
+    """One model root, with the opened process it lives in: what the later steps (attribution, diff,
+    the bundle) need, so that none of them reopens the image."""
+
+    target: Target
+    python: PythonProcess
+    torch: Optional[TorchProcess]  # None for a plain-Python model
+    fingerprint: ModelFingerprint
+
+    @property
+    def ur(self) -> UnifiedRepresentation:
+        return self.fingerprint.ur
+
+    @property
+    def root(self) -> int:
+        return int(self.ur.provenance.get("root", 0))
 
 
-def _resolver(program: Program) -> Callable[[int], CodeObject]:
-    """Recovered code objects by address, for nested code; one that smeared memory made unreadable
-    is a CorruptObjectError (not a bare KeyError)."""
-
-    def resolve(address: int) -> CodeObject:
-        code = program.code_objects.get(address)
-        if code is None:
-            raise CorruptObjectError(f"code object at 0x{address:x} (nested) was not recovered")
-        return code
-
-    return resolve
-
-
-def source_text(program: Program, code: CodeObject) -> str:
-    """Decompiled source where a decompiler supports the version, else disassembly; for a code object
-    that neither can render (its nested code lost, or garbled by smeared memory), a comment saying why."""
-    from ..readers.cpython import disassemble
-
-    version = _version_tuple(program)
-    resolve = _resolver(program)
-    try:
-        text = disassemble.decompile(code, resolve, version)
-        return text if text is not None else disassemble.disassemble(code, resolve, version)
-    except Exception as exc:  # noqa: BLE001 -- xdis asserts on garbled bytecode, decompilers raise anything
-        return f"# no source or disassembly of code object 0x{code.address:x}: {_describe(exc)}"
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, ZenError) else f"{type(exc).__name__}: {exc}"
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def dump_code_objects(program: Program, entries, open_file, sources: Optional[Dict[int, str]] = None) -> Dict:
-    """One marshal file per code object (loadable by ``marshal.loads`` of the image's Python version)
-    plus source / disassembly text, written through the plugin's ``open``; returns the JSON index.
-    ``sources`` (code address -> text) is filled so that a caller showing the text too does not
-    decompile twice (decompiling is the slow part)."""
-    sources = {} if sources is None else sources
-    from ..readers.cpython import marshal_writer
-
-    version = _version_tuple(program)
-    resolve = _resolver(program)
-    index = {"pid": program.pid, "process": program.process, "python": program.interpreter.version, "code_objects": []}
-    for e in entries:
-        stem = f"pid{program.pid}.{_UNSAFE.sub('_', (e.module or 'unknown') + '.' + e.qualname)[:120]}.{e.code.address:x}"
-        try:
-            data = marshal_writer.dumps_code(e.code, resolve, version)
-        except DECODE_ERRORS as exc:
-            vollog.warning("PID %d: code object at 0x%x not dumped: %s", program.pid, e.code.address, _describe(exc))
-            continue
-        with open_file(stem + ".marshal") as fh:
-            fh.write(data)
-        if e.code.address not in sources:
-            sources[e.code.address] = source_text(program, e.code)
-        source = sources[e.code.address]
-        with open_file(stem + ".txt") as fh:
-            fh.write(source.encode("utf-8", "surrogateescape"))
-        index["code_objects"].append({
-            "function_id": e.function_id, "address": e.code.address, "module": e.module, "qualname": e.qualname,
-            "kind": e.kind, "user_code": e.user_code, "filename": e.code.filename, "firstlineno": e.code.firstlineno,
-            "co_code_sha256": e.sha256, "marshal": stem + ".marshal", "marshal_sha256": hashlib.sha256(data).hexdigest(),
-            "source": stem + ".txt", "quickened_in_memory": e.code.quickened,
-        })
-    return index
-
-
-def model_fingerprints(context, config, roots=None, with_source: bool = False):
-    """(target, UR) for every model root of every selected process: the nn.Module roots of torch
-    processes (or the modules at ``roots``), and in processes without torch the plain-Python objects
-    at ``roots`` (a plain model has no tree to find its root by)."""
-    from ..readers.fingerprint import Fingerprinter
-    from ..readers.torch.model import TorchProcess
-
-    pids = config.get("pid") or None
+def models(context, config, roots=None, with_source: bool = False) -> Iterator[FoundModel]:
+    """Every model root of every selected process: the nn.Module roots of torch processes (or the
+    modules at ``roots``), and in processes without torch the plain-Python objects at ``roots`` (a
+    plain model has no tree to find its root by)."""
+    selection = _Selection(config)
     roots = set(roots or ())
     found = 0
     for target, process in python_processes(context, config):
@@ -245,35 +221,29 @@ def model_fingerprints(context, config, roots=None, with_source: bool = False):
         except NoPythonError as exc:
             torch_process = None
             if not roots:
-                if pids or target.source == "core":
-                    fail(f"PID {target.pid} ({target.name}): {exc}; a plain-Python model needs --root ADDRESS")
-                vollog.info("PID %d (%s): %s", target.pid, target.name, exc)
+                selection.skip(target, f"{exc}; a plain-Python model needs --root ADDRESS", logging.INFO)
                 continue
         except ZenError as exc:
-            if pids or target.source == "core":
-                fail(f"PID {target.pid} ({target.name}): {exc}")
-            vollog.warning("PID %d (%s): %s", target.pid, target.name, exc)
+            selection.skip(target, str(exc))
             continue
         if torch_process is not None:
             provenance["torch"] = torch_process.torch_version
-            context_info = torch_process.execution_context()
+            packages = torch_process.execution_context().packages
             for model in torch_process.models(read_bytes=False, addresses=roots or None):
                 if not roots and _trivial_root(model):
                     continue
-                ur = fingerprinter.torch_model(model, dict(provenance, root=model.root_address,
-                                                           packages=context_info.packages))
+                fingerprint = fingerprinter.torch_model(model, dict(provenance, root=model.root_address, packages=packages))
                 found += 1
-                yield target, ur
+                yield FoundModel(target, process, torch_process, fingerprint)
         else:
             for root in sorted(roots):
                 try:
-                    ur = fingerprinter.plain_object(root, dict(provenance, root=root))
+                    fingerprint = fingerprinter.plain_object(root, dict(provenance, root=root))
                 except DECODE_ERRORS as exc:
-                    if pids or target.source == "core":
-                        fail(f"PID {target.pid}: no readable object at --root 0x{root:x} ({exc})")
+                    selection.skip(target, f"no readable object at --root 0x{root:x} ({exc})", logging.DEBUG)
                     continue
                 found += 1
-                yield target, ur
+                yield FoundModel(target, process, None, fingerprint)
         report_warnings(target, process.objects.warnings)
         volglue.clear_volatility_caches()
     if found == 0:
@@ -281,8 +251,30 @@ def model_fingerprints(context, config, roots=None, with_source: bool = False):
                                  ": no process has an nn.Module tree (for a plain-Python model pass --pid and --root)"))
 
 
-def _trivial_root(model) -> bool:
+def _trivial_root(model: RecoveredModel) -> bool:
     """A lone framework module (a loss function, an activation kept in a global) is not a model."""
-    from ..readers.cpython.reach import is_framework_module
-
     return len(model.modules) == 1 and is_framework_module(model.modules[0].class_module)
+
+
+def library_bases(directory: Optional[str]) -> Dict[str, UnifiedRepresentation]:
+    """Every fingerprint of the base model library, by name (an unreadable or empty library is fatal)."""
+    try:
+        return {ur.name: ur for ur in BaseModelLibrary(directory).all()}
+    except LibraryError as exc:
+        fail(str(exc))
+
+
+def attributed_models(context, config, with_source: bool = False
+                      ) -> Iterator[Tuple[FoundModel, attribution.Attribution, Dict[str, UnifiedRepresentation]]]:
+    """(model, its attribution, the library's bases by name) for every model root (``--root``, ``--bml``)."""
+    bases = library_bases(config.get("bml"))
+    for found in models(context, config, config.get("root"), with_source):
+        result = attribution.attribute(found.ur, list(bases.values()))
+        for note in result.notes:
+            vollog.info("PID %d root 0x%x: %s", found.target.pid, found.root, note)
+        yield found, result, bases
+
+
+def image_name(context) -> str:
+    """The file name of the image the plugin runs on ('' when Volatility did not open a single file)."""
+    return os.path.basename(context.config.get("automagic.LayerStacker.single_location", ""))

@@ -1,4 +1,4 @@
-"""Glue between Volatility 3 and the library: Volatility processes -> ``ProcessMemory``.
+"""Volatility processes -> ``ProcessMemory``: the targets a session examines.
 
 Two ways in:
   full-system images   a kernel module (LiME + kernel ISF): tasks from pslist, VMAs from the mm,
@@ -15,9 +15,10 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import linear
+from volatility3.plugins.linux import pslist
 
-from .layers.elfcore import ProcessCoreLayer
 from ..readers.memory import MemoryRegion, ProcessMemory
+from .layers.elfcore import ProcessCoreLayer
 
 vollog = logging.getLogger(__name__)
 
@@ -109,8 +110,6 @@ def task_regions(context, task) -> List[MemoryRegion]:
 
 def kernel_targets(context, kernel_module_name: str, pids: Optional[Iterable[int]] = None) -> Iterator[Target]:
     """Every user process of a full-system image (or those in ``pids``)."""
-    from volatility3.plugins.linux import pslist
-
     filter_func = pslist.PsList.create_pid_filter(list(pids) if pids else None)
     for task in pslist.PsList.list_tasks(context, kernel_module_name, filter_func=filter_func):
         pid = int(task.pid)

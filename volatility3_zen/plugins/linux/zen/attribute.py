@@ -7,16 +7,15 @@ model's UR as a new base fingerprint.
 
 import json
 import logging
-import os
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib.analysis import library as bml
-from volatility3_zen.zenlib.vol import session
 from volatility3_zen.zenlib.analysis import attribution
+from volatility3_zen.zenlib.analysis.library import BaseModelLibrary, LibraryError
+from volatility3_zen.zenlib.vol import session
 
 vollog = logging.getLogger(__name__)
 
@@ -41,36 +40,26 @@ class Attribute(interfaces.plugins.PluginInterface):
                                             description="Put decompiled source in the URs where a decompiler supports the version (slower)"),
         ]
 
-    def _fingerprints(self):
-        return session.model_fingerprints(self.context, self.config, self.config.get("root"), bool(self.config.get("source")))
-
-    def _add(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
+    def _add(self) -> Iterator[Tuple[int, tuple]]:
         name = self.config["bml-add"]
-        found = list(self._fingerprints())
+        found = list(session.models(self.context, self.config, self.config.get("root"), bool(self.config.get("source"))))
         if len(found) != 1:
-            described = ", ".join(f"PID {t.pid} root 0x{u.provenance.get('root', 0):x} ({u.provenance.get('root_class')})" for t, u in found)
+            described = ", ".join(f"PID {f.target.pid} root 0x{f.root:x} ({f.ur.provenance.get('root_class')})" for f in found)
             session.fail(f"--bml-add needs exactly one model, the image has {len(found)}: {described}; choose one with --pid and --root")
-        target, ur = found[0]
-        ur.provenance["image"] = os.path.basename(self.context.config.get("automagic.LayerStacker.single_location", ""))
+        target, ur = found[0].target, found[0].ur
+        ur.provenance["image"] = session.image_name(self.context)
         if self.config.get("bml-source"):
             ur.provenance["source"] = self.config["bml-source"]
         try:
-            path = library.add(name, ur, replace=bool(self.config.get("replace")))
-        except bml.LibraryError as exc:
+            path = BaseModelLibrary(self.config.get("bml")).add(name, ur, replace=bool(self.config.get("replace")))
+        except LibraryError as exc:
             session.fail(str(exc))
-        yield 0, (name, target.pid, format_hints.Hex(ur.provenance.get("root", 0)), ur.provenance.get("root_class", ""),
+        yield 0, (name, target.pid, format_hints.Hex(found[0].root), ur.provenance.get("root_class", ""),
                   len(ur.mr.layers) if ur.mr else 0, len(ur.pr.code), len(ur.pr.classes), str(path))
 
-    def _attribute(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
-        try:
-            bases = library.all()
-        except bml.LibraryError as exc:
-            session.fail(str(exc))
-        for target, ur in self._fingerprints():
-            root = ur.provenance.get("root", 0)
-            result = attribution.attribute(ur, bases)
-            for note in result.notes:
-                vollog.info("PID %d root 0x%x: %s", target.pid, root, note)
+    def _attribute(self) -> Iterator[Tuple[int, tuple]]:
+        for found, result, _bases in session.attributed_models(self.context, self.config, bool(self.config.get("source"))):
+            target, ur, root = found.target, found.ur, found.root
             if self.config.get("dump"):
                 stem = f"pid{target.pid}-{root:x}"
                 self._write(f"{stem}.ur.json", ur.dumps())
@@ -89,12 +78,11 @@ class Attribute(interfaces.plugins.PluginInterface):
             handle.write(text.encode())
 
     def run(self) -> renderers.TreeGrid:
-        library = bml.BaseModelLibrary(self.config.get("bml"))
         if self.config.get("bml-add"):
             columns = [("Name", str), ("PID", int), ("Root", format_hints.Hex), ("RootClass", str), ("Layers", int),
                        ("CodeObjects", int), ("Classes", int), ("Path", str)]
-            return renderers.TreeGrid(columns, self._add(library))
+            return renderers.TreeGrid(columns, self._add())
         columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("RootClass", str), ("Base", str),
                    ("MR", float), ("PR", float), ("UR", float), ("Rank", int), ("Candidate", bool), ("ExactMatches", int),
                    ("Winner", bool), ("Margin", float), ("Matched", int), ("Added", int), ("Removed", int)]
-        return renderers.TreeGrid(columns, self._attribute(library))
+        return renderers.TreeGrid(columns, self._attribute())

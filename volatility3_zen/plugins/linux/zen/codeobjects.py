@@ -9,8 +9,9 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.readers.cpython import export
 from volatility3_zen.zenlib.readers.cpython.code_index import CodeEntry, index_code_objects
+from volatility3_zen.zenlib.vol import session
 
 vollog = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ class CodeObjects(interfaces.plugins.PluginInterface):
         )
         if self.config.get("decompile"):
             if e.code.address not in sources:
-                sources[e.code.address] = session.source_text(program, e.code)
+                sources[e.code.address] = export.source_text(program, e.code)
             row += (sources[e.code.address],)
         return row
 
     def _dump(self, program, entries: List[CodeEntry], sources) -> None:
-        index = session.dump_code_objects(program, entries, self.open, sources)
+        index = export.dump_code_objects(program, entries, self.open, sources)
         with self.open(f"codeobjects-{program.pid}.json") as fh:
             fh.write(json.dumps(index, indent=1, sort_keys=True).encode())
 

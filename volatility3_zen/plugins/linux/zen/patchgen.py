@@ -5,24 +5,20 @@ diffed against the winning base (``analysis.diff``): one row per changed, added 
 object, added or removed class, and changed layer.  ``--dump`` writes one self-describing zip per
 model root: the changed and added code as marshal files of the image's Python version, the added
 classes, the weights, the model description, the execution context, the diff and the attribution;
-and next to it a forensic HTML report (``zenlib/report.py``) (docs/patchgen.md).
+and next to it a forensic HTML report (``zenlib/bundle/report.py``) (docs/patchgen.md).
 """
 
 import logging
-import os
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib.analysis import library as bml
-from volatility3_zen.zenlib.bundle import collect as patchbundle
-from volatility3_zen.zenlib.bundle import report
-from volatility3_zen.zenlib.vol import session
-from volatility3_zen.zenlib.analysis import attribution, diff
-from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
+from volatility3_zen.zenlib.analysis import diff
+from volatility3_zen.zenlib.bundle import collect, report, write
 from volatility3_zen.zenlib.errors import ZenError
+from volatility3_zen.zenlib.vol import session
 
 vollog = logging.getLogger(__name__)
 
@@ -40,55 +36,46 @@ class PatchGen(interfaces.plugins.PluginInterface):
                                             description="Write one patch bundle and one HTML report per model root (pid<PID>-<root>.zenpatch.zip, .report.html)"),
         ]
 
-    def _generator(self, library: bml.BaseModelLibrary) -> Iterator[Tuple[int, tuple]]:
-        try:
-            bases = {ur.name: ur for ur in library.all()}
-        except bml.LibraryError as exc:
-            session.fail(str(exc))
-        for target, ur in session.model_fingerprints(self.context, self.config, self.config.get("root")):
-            root = ur.provenance.get("root", 0)
-            result = attribution.attribute(ur, list(bases.values()))
-            for note in result.notes:
-                vollog.info("PID %d root 0x%x: %s", target.pid, root, note)
-            model_diff = diff.diff_models(ur, bases[result.winner], (result.omega, result.delta, result.removed))
+    def _generator(self) -> Iterator[Tuple[int, tuple]]:
+        for found, result, bases in session.attributed_models(self.context, self.config):
+            pid, root, ur = found.target.pid, found.root, found.ur
+            base = bases[result.winner]
+            model_diff = diff.diff_models(ur, base, (result.omega, result.delta, result.removed))
             for warning in model_diff.warnings:
-                vollog.warning("PID %d root 0x%x: %s", target.pid, root, warning)
+                vollog.warning("PID %d root 0x%x: %s", pid, root, warning)
             if self.config.get("dump"):
-                self._dump(target, ur, bases[result.winner], result, model_diff)
-            head = (target.pid, format_hints.Hex(root), ur.provenance.get("root_class", ""), result.winner,
+                self._dump(found, base, result, model_diff)
+            head = (pid, format_hints.Hex(root), ur.provenance.get("root_class", ""), result.winner,
                     session.score_cell(result.scores[0].ur))
             for row in _rows(model_diff):
                 yield 0, head + row
 
-    def _dump(self, target, ur, base, result, model_diff) -> None:
+    def _dump(self, found: session.FoundModel, base, result, model_diff: diff.ModelDiff) -> None:
+        """The bundle (from the process the session opened) and the report (from representations only)."""
         bundle, notes = None, []
         try:
-            # The fingerprint's process is not handed out; opening it again costs well under a second.
-            python = PythonProcess(target.memory)
-            bundle = patchbundle.build(target.pid, python, ur, base, result, model_diff)
+            contents = collect.collect(found, base, model_diff)
         except ZenError as exc:
-            vollog.warning("PID %d: no patch bundle (%s)", target.pid, exc)
+            vollog.warning("PID %d: no patch bundle (%s)", found.target.pid, exc)
             notes.append(f"no patch bundle: {exc}")
-        if bundle is not None:
+        else:
+            model_diff = model_diff.with_class_attributes(contents.class_attributes)
+            bundle = write.build(contents, found.ur, base, result, model_diff)
             for warning in bundle.warnings:
-                vollog.warning("PID %d: %s", target.pid, warning)
+                vollog.warning("PID %d: %s", found.target.pid, warning)
             notes += bundle.warnings
             with self.open(bundle.name) as handle:
                 bundle.write(handle)
-        # After the bundle, which fills in the added classes' attributes; the report needs no image, so
-        # it is written even when the bundle could not be.
-        image = os.path.basename(self.context.config.get("automagic.LayerStacker.single_location", ""))
-        text = report.render_html(ur, base, result, model_diff, image=image or None,
+        text = report.render_html(found.ur, base, result, model_diff, image=session.image_name(self.context) or None,
                                   bundle=bundle.name if bundle is not None else None, warnings=notes)
-        with self.open(report.report_name(target.pid, ur.provenance.get("root", 0))) as handle:
+        with self.open(report.report_name(found.target.pid, found.root)) as handle:
             handle.write(text.encode("utf-8"))
 
     def run(self) -> renderers.TreeGrid:
-        library = bml.BaseModelLibrary(self.config.get("bml"))
         columns = [("PID", int), ("Root", format_hints.Hex), ("RootClass", str), ("Base", str), ("UR", float),
                    ("Kind", str), ("ClassKey", str), ("Function", str), ("Size", int), ("Similarity", float),
                    ("Layer", str), ("Detail", str)]
-        return renderers.TreeGrid(columns, self._generator(library))
+        return renderers.TreeGrid(columns, self._generator())
 
 
 def _rows(model_diff: diff.ModelDiff) -> Iterator[tuple]:

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
 from ...representation.program import CodeObject, Program, nested_code
-
-CO_VARARGS = 0x04
-CO_VARKEYWORDS = 0x08
-CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+from .layouts import load_layout
 
 
 @dataclass
@@ -29,31 +26,33 @@ class CodeEntry:
     functions: List[int]  # addresses of the function objects that use this code
 
 
-def signature(code: CodeObject) -> str:
+def signature(code: CodeObject, version) -> str:
     """A readable signature from the code object alone: ``(a, b, /, c, *args, d, **kw)``.
 
     co_varnames starts with the positional parameters, then keyword-only ones, then *args, then **kwargs.
+    ``version`` is the code's CPython version, whose headers define the co_flags bits.
     """
+    layout = load_layout(version)
     names = code.varnames
     n_pos, n_kw = code.argcount, code.kwonlyargcount
     parts = list(names[:n_pos])
     if code.posonlyargcount:
         parts.insert(code.posonlyargcount, "/")
     rest = n_pos + n_kw
-    if code.flags & CO_VARARGS and rest < len(names):
+    if code.flags & layout.const("CO_VARARGS") and rest < len(names):
         parts.append("*" + names[rest])
         rest += 1
     elif n_kw:
         parts.append("*")
     parts += names[n_pos : n_pos + n_kw]
-    if code.flags & CO_VARKEYWORDS and rest < len(names):
+    if code.flags & layout.const("CO_VARKEYWORDS") and rest < len(names):
         parts.append("**" + names[rest])
     return "(" + ", ".join(parts) + ")"
 
 
-def function_id(module: Optional[str], qualname: str, code: CodeObject) -> str:
+def function_id(module: Optional[str], qualname: str, code: CodeObject, version) -> str:
     """Stable across runs of the same program: no address, only what the source determines."""
-    return f"{module or '?'}:{qualname}{signature(code)}@{code.firstlineno}"
+    return f"{module or '?'}:{qualname}{signature(code, version)}@{code.firstlineno}"
 
 
 class UserCodeClassifier:
@@ -80,6 +79,7 @@ def index_code_objects(program: Program) -> Iterator[CodeEntry]:
     for func in program.functions.values():
         by_code.setdefault(func.code, []).append(func.address)
     is_user = UserCodeClassifier(program)
+    version = program.interpreter.version
     parent_info: Dict[int, tuple] = {}
     for addr, funcs in by_code.items():
         f = program.functions[funcs[0]]
@@ -109,7 +109,7 @@ def index_code_objects(program: Program) -> Iterator[CodeEntry]:
             continue
         module, qualname, kind = parent_info[addr]
         qualname = code.qualname or qualname
-        yield CodeEntry(code, module, qualname, kind, function_id(module, qualname, code), is_user(code.filename),
+        yield CodeEntry(code, module, qualname, kind, function_id(module, qualname, code, version), is_user(code.filename),
                         hashlib.sha256(code.code).hexdigest(), by_code.get(addr, []))
 
 

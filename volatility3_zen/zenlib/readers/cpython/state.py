@@ -31,7 +31,7 @@ class StateReader:
     tensors, dtypes: ``torch.state.TorchValues``): its ``value(reader, obj, type_addr, path, depth)``
     returns an encoded value, or None to leave the object to the generic encoding."""
 
-    def __init__(self, python: PythonProcess, extension=None):
+    def __init__(self, python: PythonProcess, extension=None, local_modules: Iterable[str] = ()):
         self.py = python
         self.o = python.objects
         self.extension = extension
@@ -44,8 +44,8 @@ class StateReader:
         self._module_names: Optional[Dict[int, str]] = None
         self._mro_cache: Dict[int, List[str]] = {}
         self._dict_modules: Optional[Dict[int, str]] = None
-        self.local_modules: Set[str] = set()  # modules the base lacks: their functions are described in full
-        self.inline_functions: Set[int] = set()  # and these (added to a module the base has)
+        self.local_modules: Set[str] = set(local_modules)  # modules the base lacks: their functions are described in full
+        self._inline_functions: Set[int] = set()  # and these (added to a module the base has)
 
     # -- names ---------------------------------------------------------------------------------------
     def modules(self) -> Dict[str, int]:
@@ -154,14 +154,14 @@ class StateReader:
         return {"t": "unsupported", "type": name}
 
     def _module_name(self, module_obj: int) -> str:
-        namespace = self.o.str_dict(self.o.u64(module_obj + self.o.off_md_dict))
+        namespace = self.o.module_namespace(module_obj)
         return self.o.read_str(namespace["__name__"]) if "__name__" in namespace else "?"
 
     def _function_ref(self, obj: int, path: str, depth: int) -> dict:
         func = self.py.read_function(obj)
         self.functions_seen[obj] = (func.module or "", func.qualname)
         if ("<locals>" in func.qualname or "<lambda>" in func.qualname or not func.module
-                or ("." not in func.qualname and func.module in self.local_modules) or obj in self.inline_functions
+                or ("." not in func.qualname and func.module in self.local_modules) or obj in self._inline_functions
                 or self.named(func.module, func.qualname) != obj):
             # Made by a call (a decorator's wrapper, a dataclass method), hidden behind a wrapper that
             # took its name, or living in a module the base environment lacks: no name to look it up
@@ -169,6 +169,15 @@ class StateReader:
             return self.identity(obj, path, depth, lambda a, p, d: {"kind": "function", "path": p,
                                                                       **self.function_entry(a, "function")})
         return {"t": "function", "module": func.module, "qualname": func.qualname}
+
+    def describe_in_full(self, func_addr: int) -> None:
+        """Describe this function itself (defaults, closure, code) wherever it is met, not by its name:
+        a function the derivative added to a module the base environment also has."""
+        self._inline_functions.add(func_addr)
+
+    def classes_met(self, modules: Set[str]) -> List[int]:
+        """Addresses of the heap classes met so far that live in the given modules."""
+        return [addr for (module, _), addr in sorted(self.classes_seen.items()) if module in modules]
 
     def named(self, module: str, qualname: str) -> Optional[int]:
         """The address of what module.qualname names in this process (None if nothing)."""
@@ -178,13 +187,13 @@ class StateReader:
             return None
         try:
             target = addr
-            namespace = o.str_dict(o.u64(addr + o.off_md_dict))
+            namespace = o.module_namespace(addr)
             for part in qualname.split("."):
                 target = namespace.get(part)
                 if not target:
                     return None
                 if self.py.heap.is_type_object(o.type_of(target)):
-                    namespace = o.str_dict(o.u64(target + o.off_tp_dict))
+                    namespace = o.type_namespace(target)
                 else:
                     namespace = {}
             return target
@@ -257,7 +266,7 @@ class StateReader:
         entry = {"name": info.name, "qualname": info.qualname, "module": info.module,
                  "bases": [self.class_ref(b) for b in info.bases], "methods": {}, "attributes": {},
                  "metaclass": self.class_ref(o.type_of(class_addr))}
-        namespace = o.str_dict(o.u64(class_addr + o.off_tp_dict))
+        namespace = o.type_namespace(class_addr)
         for name, value in namespace.items():
             kind = o.base_kind(value)
             func = self.py.method_function(value)
@@ -282,10 +291,5 @@ class StateReader:
         addr = self.modules().get(module)
         if not addr:
             return {}
-        namespace = self.o.str_dict(self.o.u64(addr + self.o.off_md_dict))
+        namespace = self.o.module_namespace(addr)
         return {name: self.encode(namespace[name], f"{module}.{name}") for name in sorted(set(names)) if name in namespace}
-
-
-def referenced_classes(reader: StateReader, local_modules: Set[str]) -> List[int]:
-    """Addresses of the heap classes met so far that live in the given modules."""
-    return [addr for (module, _), addr in sorted(reader.classes_seen.items()) if module in local_modules]

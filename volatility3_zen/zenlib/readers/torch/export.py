@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ...representation.model import ExecutionContext, ModelRepresentation, TensorEntry, TensorInfo, readable_value
+from ...representation.model import ExecutionContext, RecoveredModel, TensorEntry, TensorInfo, readable_value
 
 # safetensors dtype names for torch dtypes numpy cannot represent natively: stored as raw bytes with
 # the right safetensors dtype tag, so torch loads them back exactly.
@@ -27,7 +27,7 @@ class Summary:
     devices: List[str]
 
 
-def summary(model: ModelRepresentation) -> Summary:
+def summary(model: RecoveredModel) -> Summary:
     unique = {}
     for t in model.tensors:
         unique.setdefault(t.info.address, t)
@@ -44,7 +44,7 @@ def summary(model: ModelRepresentation) -> Summary:
     )
 
 
-def tensors_of(model: ModelRepresentation, path: str) -> List[TensorEntry]:
+def tensors_of(model: RecoveredModel, path: str) -> List[TensorEntry]:
     """The tensors registered directly on the module at ``path``."""
     return [t for t in model.tensors if (t.name.rsplit(".", 1)[0] if "." in t.name else "") == path]
 
@@ -54,7 +54,7 @@ def safetensors_dtype(dtype: str) -> Optional[str]:
     return _SAFETENSORS_DTYPES.get(dtype)
 
 
-def safetensors_bytes(model: ModelRepresentation, read_bytes: Callable) -> bytes:
+def safetensors_bytes(model: RecoveredModel, read_bytes: Callable) -> bytes:
     """state_dict() as a safetensors file (names as state_dict keys; tied tensors stored under each name)."""
     entries = [(t.name, t.info) for t in model.state_dict_tensors() if t.info.device_type == "cpu"]
     return safetensors_of(entries, read_bytes, {"root_class": model.root_class})
@@ -82,7 +82,7 @@ def safetensors_of(entries: Sequence[Tuple[str, TensorInfo]], read_bytes: Callab
     return len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks)
 
 
-def dump(model: ModelRepresentation, context: ExecutionContext, torch_process, open_file: Callable, stem: str) -> None:
+def dump(model: RecoveredModel, context: ExecutionContext, torch_process, open_file: Callable, stem: str) -> None:
     with open_file(f"{stem}.safetensors") as fh:
         fh.write(safetensors_bytes(model, torch_process.tensors.read_bytes))
     with open_file(f"{stem}.model.json") as fh:

@@ -11,7 +11,7 @@ import hashlib
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from ...errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError
-from ...representation.model import ExecutionContext, ModelRepresentation, ModuleNode, TensorEntry, encode_value
+from ...representation.model import ExecutionContext, RecoveredModel, ModuleNode, TensorEntry, encode_value
 from ..cpython.recover import PythonProcess
 from .layouts import load_torch_layout
 from .tensors import TensorDataUnavailableError, TensorReader
@@ -44,7 +44,7 @@ class TorchProcess:
         self._is_module_type: Dict[int, bool] = {}
 
     def _namespace(self, module_name: str) -> Dict[str, int]:
-        return self.o.str_dict(self.o.u64(self.module_addrs[module_name] + self.o.off_md_dict))
+        return self.o.module_namespace(self.module_addrs[module_name])
 
     def _module_version(self, name: str) -> Optional[str]:
         try:
@@ -180,7 +180,7 @@ class TorchProcess:
         return name if index < 0 else f"{name}:{index}"
 
     # -- whole models --------------------------------------------------------------------------------
-    def models(self, read_bytes: bool = True, addresses: Optional[Set[int]] = None) -> Iterator[ModelRepresentation]:
+    def models(self, read_bytes: bool = True, addresses: Optional[Set[int]] = None) -> Iterator[RecoveredModel]:
         """Every root model; or, with ``addresses``, the models rooted at those modules (roots or not:
         e.g. the DetectionModel inside ultralytics' YOLO wrapper, itself an nn.Module)."""
         instances = self.module_instances()
@@ -202,9 +202,9 @@ class TorchProcess:
             if root in attrs_of and wanted:
                 yield self.model(root, attrs_of, read_bytes)
 
-    def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> ModelRepresentation:
+    def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> RecoveredModel:
         module, qualname = self.class_path(root)
-        model = ModelRepresentation(root_address=root, root_class=f"{module}.{qualname}")
+        model = RecoveredModel(root_address=root, root_class=f"{module}.{qualname}")
         seen: Set[int] = set()
         storage_owner: Dict[int, str] = {}
 
@@ -257,7 +257,7 @@ class TorchProcess:
         return ExecutionContext(self.py.runtime.version, self.torch_version, packages, native)
 
 
-def graph_edges(model: ModelRepresentation) -> List[Tuple[str, str, str]]:
+def graph_edges(model: RecoveredModel) -> List[Tuple[str, str, str]]:
     """G: nodes are modules (by path).  ("contains", parent, child) for every registered child, and
     ("next", a, b) between consecutive leaf modules in registration order — the order in which
     ``forward`` of sequential containers runs them.  Memory does not record the data flow of custom
