@@ -34,7 +34,17 @@ _VALUE_DEPTH = 8  # how deep a class attribute's containers are decoded
 
 def collect(found, base: UnifiedRepresentation, model_diff: ModelDiff) -> BundleContents:
     """The process-side contents of the bundle of ``found`` (a ``vol.session.FoundModel``: target,
-    opened process, torch and fingerprint) against the winning ``base`` and the diff."""
+    opened process, torch and fingerprint) against the winning ``base`` and the diff.  Reading errors
+    are warnings at the part they spoil; one that spoils the whole is a ZenError."""
+    try:
+        return _collect(found, base, model_diff)
+    except DECODE_ERRORS as exc:
+        if isinstance(exc, ZenError):
+            raise
+        raise ZenError(f"bundle contents unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _collect(found, base: UnifiedRepresentation, model_diff: ModelDiff) -> BundleContents:
     python: PythonProcess = found.python
     target = found.ur
     root = found.root

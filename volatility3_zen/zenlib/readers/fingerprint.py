@@ -207,6 +207,8 @@ class Fingerprinter:
             except DECODE_ERRORS:
                 pass
         mr = mathematical_representation(model)
+        if model.unreadable:  # the UR says what it is missing (a clean image records nothing here)
+            provenance = dict(provenance or {}, unreadable=len(model.unreadable), unreadable_parts=model.unreadable[:50])
         return self._build(node_class, mr, model.root_class, provenance)
 
     def plain_object(self, root: int, provenance: Optional[dict] = None) -> ModelFingerprint:

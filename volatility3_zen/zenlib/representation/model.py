@@ -145,6 +145,7 @@ class RecoveredModel:
     modules: List[ModuleNode] = field(default_factory=list)
     tensors: List[TensorEntry] = field(default_factory=list)
     graph_edges: List[Tuple[str, str, str]] = field(default_factory=list)  # (kind, from path, to path)
+    unreadable: List[str] = field(default_factory=list)  # what smeared memory kept out: "module PATH", "tensor NAME"
 
     def state_dict_tensors(self) -> List[TensorEntry]:
         """What ``state_dict()`` holds: parameters and persistent buffers, first occurrence of each name."""
@@ -167,4 +168,5 @@ class RecoveredModel:
                       "edges": [list(e) for e in self.graph_edges],
                       "encoding": "contains: parent -> child (registration order); next: consecutive leaf modules in registration order"},
             "execution_context": asdict(context) if context else None,
+            **({"unreadable": list(self.unreadable)} if self.unreadable else {}),
         }

@@ -135,8 +135,8 @@ def _open_python(target: Target, selection: _Selection) -> Optional[PythonProces
             selection.skip(target, reason, logging.DEBUG)
             return None
         return PythonProcess(target.memory)
-    except ZenError as exc:
-        selection.skip(target, str(exc))
+    except DECODE_ERRORS as exc:
+        selection.skip(target, _describe(exc))
         return None
 
 
@@ -156,8 +156,8 @@ def _open_torch(target: Target, process: PythonProcess, selection: _Selection) -
     when scanning (INFO); an unreadable or unsupported torch is not (WARNING)."""
     try:
         return TorchProcess(process)
-    except ZenError as exc:
-        selection.skip(target, str(exc), logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING)
+    except DECODE_ERRORS as exc:
+        selection.skip(target, _describe(exc), logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING)
         return None
 
 
@@ -171,7 +171,7 @@ def torch_processes(context, config) -> Iterator[Tuple[Target, TorchProcess]]:
             continue
         found += 1
         yield target, torch_process
-        report_warnings(target, process.objects.warnings)
+        report_warnings(target, process.reading_warnings())
         volglue.clear_volatility_caches()
     if found == 0:
         vollog.warning("no process with torch imported found in the image")
@@ -223,8 +223,8 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
             if not roots:
                 selection.skip(target, f"{exc}; a plain-Python model needs --root ADDRESS", logging.INFO)
                 continue
-        except ZenError as exc:
-            selection.skip(target, str(exc))
+        except DECODE_ERRORS as exc:
+            selection.skip(target, _describe(exc))
             continue
         if torch_process is not None:
             provenance["torch"] = torch_process.torch_version
@@ -232,7 +232,11 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
             for model in torch_process.models(read_bytes=False, addresses=roots or None):
                 if not roots and _trivial_root(model):
                     continue
-                fingerprint = fingerprinter.torch_model(model, dict(provenance, root=model.root_address, packages=packages))
+                try:
+                    fingerprint = fingerprinter.torch_model(model, dict(provenance, root=model.root_address, packages=packages))
+                except DECODE_ERRORS as exc:
+                    vollog.warning("PID %d: model at 0x%x: no fingerprint (%s)", target.pid, model.root_address, _describe(exc))
+                    continue
                 found += 1
                 yield FoundModel(target, process, torch_process, fingerprint)
         else:
@@ -244,11 +248,17 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
                     continue
                 found += 1
                 yield FoundModel(target, process, None, fingerprint)
-        report_warnings(target, process.objects.warnings)
+        report_warnings(target, process.reading_warnings())
         volglue.clear_volatility_caches()
     if found == 0:
         fail("no model found" + (" at the given --root address(es)" if roots else
                                  ": no process has an nn.Module tree (for a plain-Python model pass --pid and --root)"))
+
+
+def _describe(exc: Exception) -> str:
+    """One line for a reading error: a ZenError says what it is; anything else from decoding smeared
+    memory (struct.error, ValueError...) is named by its type."""
+    return str(exc) if isinstance(exc, ZenError) else f"unreadable ({type(exc).__name__}: {exc})"
 
 
 def _trivial_root(model: RecoveredModel) -> bool:
@@ -269,10 +279,21 @@ def attributed_models(context, config, with_source: bool = False
     """(model, its attribution, the library's bases by name) for every model root (``--root``, ``--bml``)."""
     bases = library_bases(config.get("bml"))
     for found in models(context, config, config.get("root"), with_source):
+        _note_partial(found)
         result = attribution.attribute(found.ur, list(bases.values()))
         for note in result.notes:
             vollog.info("PID %d root 0x%x: %s", found.target.pid, found.root, note)
         yield found, result, bases
+
+
+def _note_partial(found: FoundModel) -> None:
+    """Attribution runs on what was recovered: say how much that was when smeared memory kept parts out."""
+    prov = found.ur.provenance
+    if prov.get("unreadable") or prov.get("warnings"):
+        layers = len(found.ur.mr.layers) if found.ur.mr else 0
+        vollog.warning("PID %d root 0x%x: attributed on a partial model: %d layers and %d code objects recovered; "
+                       "%d modules/tensors and %d code parts unreadable", found.target.pid, found.root, layers,
+                       len(found.ur.pr.code), prov.get("unreadable", 0), len(prov.get("warnings", [])))
 
 
 def image_name(context) -> str:

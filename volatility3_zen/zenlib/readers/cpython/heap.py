@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import numpy
 
 from ...errors import CorruptObjectError, MemoryReadError
-from .objects import ObjectReader
+from .objects import DECODE_ERRORS, ObjectReader
 from .runtime import Runtime
 
 _2U64 = struct.Struct("<QQ")
@@ -26,6 +26,7 @@ class Heap:
         self.o = objects
         self.L = L = runtime.layout
         self.warnings: List[str] = []
+        self.lists_broken = False  # a GC walk found a broken list: objects may be missing from it
         gc_member = "_gc_{}" if L.has("PyGC_Head", "_gc_next") else "gc.gc_{}"  # 3.7: union with a gc struct
         self.gc_size = L.size("PyGC_Head")
         self.off_gc_next = L.offset("PyGC_Head", gc_member.format("next"))
@@ -84,6 +85,7 @@ class Heap:
                 broken += 1
                 self.warnings.append(f"GC {label}: list broken {direction} after {count[0]} objects ({end})")
         if broken:
+            self.lists_broken = True
             count = [0]
             for node in self._orphaned_nodes(seen):
                 yield from self._follow(node, self.off_gc_next, seen, count)
@@ -156,11 +158,26 @@ class Heap:
         return self.o.u64(self.rt.interpreter + L.offset("PyInterpreterState", "imports.modules"))
 
     def modules(self) -> Dict[str, int]:
-        """sys.modules as {name: module address} (module objects only)."""
-        out = {}
-        for name, value in self.o.str_dict(self.modules_dict()).items():
-            if self._is_module(value):
-                out[name] = value
+        """sys.modules as {name: module address} (module objects only).  Where smeared memory made
+        sys.modules itself unreadable, the module objects on the GC lists, by their ``__name__``."""
+        try:
+            table = self.o.str_dict(self.modules_dict())
+        except DECODE_ERRORS as exc:
+            self.warnings.append(f"sys.modules unreadable ({exc}): modules taken from the GC lists")
+            return self._modules_on_gc_lists()
+        return {name: value for name, value in table.items() if self._is_module(value)}
+
+    def _modules_on_gc_lists(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for obj, type_addr in self.gc_objects():
+            try:
+                if self.o.kind_of_type(type_addr) != "module" and not self.mro_has(type_addr, "module"):
+                    continue
+                name = self.o.module_namespace(obj).get("__name__")
+                if name and self.o.kind(name) == "str":
+                    out.setdefault(self.o.read_str(name), obj)
+            except DECODE_ERRORS:
+                continue
         return out
 
     def _is_module(self, obj: int) -> bool:

@@ -123,6 +123,10 @@ class PythonProcess:
             pass
         return None
 
+    def reading_warnings(self) -> List[str]:
+        """What reading this process's objects ran into so far (GC walks, objects), each once."""
+        return list(dict.fromkeys(self.heap.warnings + self.objects.warnings))
+
     # -- whole program -------------------------------------------------------------------------
     def recover(self, progress: Optional[ProgressFn] = None) -> Program:
         o = self.objects

@@ -10,19 +10,28 @@ The tree follows each module's ``_modules`` dict, which keeps registration order
 import hashlib
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from ...errors import CorruptObjectError, MemoryReadError, NoPythonError, UnsupportedVersionError
+from ...errors import CorruptObjectError, NoPythonError, UnsupportedVersionError
 from ...representation.model import ExecutionContext, RecoveredModel, ModuleNode, TensorEntry, encode_value
+from ..cpython.objects import DECODE_ERRORS
 from ..cpython.recover import PythonProcess
 from .layouts import load_torch_layout
 from .tensors import TensorDataUnavailableError, TensorReader
 
 MODULE_CLASS = ("torch.nn.modules.module", "Module")
+# Where else a process holds the Module class and the version string, should smeared memory have
+# taken the usual entry: torch.nn re-exports Module; torch/version.py defines __version__ too.
+MODULE_CLASS_ALSO_IN = ("torch.nn", "torch.nn.modules")
+VERSION_ALSO_IN = ("torch.version",)
 HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
 )
 _INTERNAL = {"_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"} | set(HOOK_DICTS)
+# Limits of one model's walk: deeper nesting or more module visits than any real model has means a
+# cycle or smeared pointers; the walk stops there with a warning instead of recursing without end.
+MAX_MODULE_DEPTH = 200
+MAX_MODULE_VISITS = 200_000
 
 
 class TorchProcess:
@@ -36,11 +45,11 @@ class TorchProcess:
         if "torch" not in modules:
             raise NoPythonError("torch is not imported in this process")
         self.module_addrs = modules
-        self.torch_version = self._module_version("torch")
+        self.torch_version = next(filter(None, (self._module_version(m) for m in ("torch",) + VERSION_ALSO_IN)), None)
         if not self.torch_version:
             raise UnsupportedVersionError("torch.__version__ could not be read from memory")
         self.tensors = TensorReader(python.memory, load_torch_layout(self.torch_version))
-        self.module_class = self._find_class(*MODULE_CLASS)
+        self.module_class = self._module_class()
         self._is_module_type: Dict[int, bool] = {}
 
     def _namespace(self, module_name: str) -> Dict[str, int]:
@@ -51,7 +60,7 @@ class TorchProcess:
             value = self._namespace(name).get("__version__")
             if value and self.o.base_kind(value) == "str":
                 return self.o.read_str(value)
-        except (MemoryReadError, CorruptObjectError):
+        except DECODE_ERRORS:
             pass
         return None
 
@@ -60,17 +69,33 @@ class TorchProcess:
         try:
             value = self._namespace(name).get("__file__")
             path = self.o.read_str(value) if value and self.o.kind(value) == "str" else ""
-        except (MemoryReadError, CorruptObjectError):
+        except DECODE_ERRORS:
             return False
         return "/site-packages/" in path or "/dist-packages/" in path
 
-    def _find_class(self, module_name: str, qualname: str) -> int:
-        if module_name not in self.module_addrs:
-            raise NoPythonError(f"{module_name} is not imported")
-        value = self._namespace(module_name).get(qualname)
-        if not value:
-            raise CorruptObjectError(f"{module_name}.{qualname} not found")
-        return value
+    def _module_class(self) -> int:
+        """torch.nn.Module, from its own module or, where smeared memory took that entry, from a
+        module that re-exports it (checked to be the class of that name and module)."""
+        module_name, qualname = MODULE_CLASS
+        for holder in (module_name,) + MODULE_CLASS_ALSO_IN:
+            try:
+                value = self._namespace(holder).get(qualname) if holder in self.module_addrs else None
+                info = self.py.read_class(value) if value else None
+                if info is not None and (info.module, info.qualname) == MODULE_CLASS:
+                    return value
+            except DECODE_ERRORS:
+                continue
+        # Last, the class itself among the heap types on the GC lists.
+        for obj, type_addr in self.heap.gc_objects():
+            try:
+                if self.heap.is_type_object(type_addr) and self.o.type_name(obj) == qualname:
+                    info = self.py.read_class(obj)
+                    if (info.module, info.qualname) == MODULE_CLASS:
+                        self._warn(f"{module_name}.{qualname} found on the GC lists (its module's entry is unreadable)")
+                        return obj
+            except DECODE_ERRORS:
+                continue
+        raise CorruptObjectError(f"torch is imported but its {module_name}.{qualname} class is unreadable")
 
     # -- finding modules -------------------------------------------------------------------------
     def is_module_type(self, type_addr: int) -> bool:
@@ -81,13 +106,25 @@ class TorchProcess:
                 if self.o.kind_of_type(type_addr) == "heap":
                     mro = self.o.u64(type_addr + self.o.off_tp_mro)
                     known = bool(mro) and self.module_class in self.o.tuple_items(mro)
-            except (MemoryReadError, CorruptObjectError):
+            except DECODE_ERRORS:
                 known = False
             self._is_module_type[type_addr] = known
         return known
 
     def module_instances(self) -> List[int]:
-        return [obj for obj, type_addr in self.heap.gc_objects() if self.is_module_type(type_addr)]
+        """Every nn.Module on the GC lists; when smeared memory broke them, also those that module
+        globals hold (a script's ``model = ...``), which the pieces of the lists may have lost."""
+        found = [obj for obj, type_addr in self.heap.gc_objects() if self.is_module_type(type_addr)]
+        if self.heap.lists_broken:
+            known = set(found)
+            for module in self.module_addrs.values():
+                try:
+                    values = self.o.module_namespace(module).values()
+                    found += [v for v in values if v not in known and self.is_module_type(self.o.type_of(v))]
+                    known.update(found)
+                except DECODE_ERRORS:
+                    continue
+        return found
 
     # -- one module --------------------------------------------------------------------------------
     def class_path(self, obj: int) -> Tuple[str, str]:
@@ -160,7 +197,7 @@ class TorchProcess:
                 return {"t": "dtype", "v": self.dtype_name(obj)}
             if type_name == "torch.device":
                 return {"t": "device", "v": self.device_name(obj)}
-        except (MemoryReadError, CorruptObjectError, UnicodeDecodeError):
+        except DECODE_ERRORS + (UnicodeDecodeError,):
             return None
         return None
 
@@ -189,61 +226,97 @@ class TorchProcess:
         for obj in instances:
             try:
                 attrs = self.heap.instance_dict(obj)
-            except (MemoryReadError, CorruptObjectError) as exc:
-                self.py.objects.warnings.append(f"module at 0x{obj:x}: attributes unreadable ({exc})")
+            except DECODE_ERRORS as exc:
+                self._warn(f"module at 0x{obj:x}: attributes unreadable ({exc})")
                 continue
             attrs_of[obj] = attrs
             try:
                 child_of.update(addr for _, addr in self.children(attrs))
-            except (MemoryReadError, CorruptObjectError):
+            except DECODE_ERRORS:
                 pass
         for root in instances:
             wanted = root in addresses if addresses else root not in child_of
             if root in attrs_of and wanted:
-                yield self.model(root, attrs_of, read_bytes)
+                try:
+                    yield self.model(root, attrs_of, read_bytes)
+                except DECODE_ERRORS as exc:
+                    self._warn(f"model at 0x{root:x}: root module unreadable ({exc}); left out")
+
+    def _warn(self, text: str) -> None:
+        self.py.objects.warnings.append(text)
 
     def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> RecoveredModel:
+        """The model rooted at ``root``.  What smeared memory made unreadable is left out with a warning,
+        at the smallest unit that owns it: a tensor, a tensor table, a module with its submodules."""
         module, qualname = self.class_path(root)
         model = RecoveredModel(root_address=root, root_class=f"{module}.{qualname}")
         seen: Set[int] = set()
+        on_path: Set[int] = set()
         storage_owner: Dict[int, str] = {}
+        visits = [0]
 
-        def visit(prefix: str, obj: int, depth: int, dedupe: bool) -> None:
-            attrs = attrs_of.get(obj)
-            if attrs is None:
-                attrs = self.heap.instance_dict(obj)
-                attrs_of[obj] = attrs
-            if not dedupe or obj not in seen:
-                seen.add(obj)
+        def visit(prefix: str, obj: int, depth: int) -> None:
+            where = prefix or "(root)"
+            if obj in on_path or depth > MAX_MODULE_DEPTH or visits[0] >= MAX_MODULE_VISITS:
+                self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} not walked (a cycle, or nesting or "
+                           f"size beyond any real model: smeared pointers)")
+                model.unreadable.append(f"module {where}")
+                return
+            visits[0] += 1
+            try:
+                attrs = attrs_of.get(obj)
+                if attrs is None:
+                    attrs = attrs_of[obj] = self.heap.instance_dict(obj)
                 mod, qual = self.class_path(obj)
                 children = self.children(attrs)
+            except DECODE_ERRORS as exc:
+                self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} unreadable ({exc}); left out with its submodules")
+                model.unreadable.append(f"module {where}")
+                return
+            if obj not in seen:
+                seen.add(obj)
                 model.modules.append(ModuleNode(prefix, obj, mod, qual, depth, [n for n, _ in children],
-                                                self.hyperparameters(attrs), self.hooks(attrs)))
-            nonpersistent = self.non_persistent(attrs)
+                                                self.hyperparameters(attrs), self._contained(where, "hooks", lambda: self.hooks(attrs), [])))
+            nonpersistent = self._contained(where, "_non_persistent_buffers_set", lambda: self.non_persistent(attrs), set())
             for kind, table in (("parameter", "_parameters"), ("buffer", "_buffers")):
-                for name, tensor in self.tensor_dict(attrs, table):
+                for name, tensor in self._contained(where, table, lambda: self.tensor_dict(attrs, table), []):
                     full = f"{prefix}.{name}" if prefix else name
-                    info = self.tensors.read_tensor(tensor)
+                    try:
+                        info = self.tensors.read_tensor(tensor)
+                    except DECODE_ERRORS as exc:
+                        self._warn(f"model at 0x{root:x}: tensor {full} at 0x{tensor:x} unreadable ({exc}); left out")
+                        model.unreadable.append(f"tensor {full}")
+                        continue
                     entry = TensorEntry(full, kind, kind == "parameter" or name not in nonpersistent, info)
                     if info.storage_address:
                         entry.shares_storage_with = storage_owner.setdefault(info.storage_address, full)
                         if entry.shares_storage_with == full:
                             entry.shares_storage_with = None
                     model.tensors.append(entry)
-            for name, child in self.children(attrs):
-                visit(f"{prefix}.{name}" if prefix else name, child, depth + 1, dedupe)
+            on_path.add(obj)
+            for name, child in children:
+                visit(f"{prefix}.{name}" if prefix else name, child, depth + 1)
+            on_path.discard(obj)
 
-        visit("", root, 0, dedupe=True)
+        visit("", root, 0)
         # named_modules() drops repeated modules, named_parameters(remove_duplicate=False) does not:
         # tensors were collected on the full walk above, module nodes once each.
         if read_bytes:
             for entry in model.tensors:
                 try:
                     entry.sha256 = hashlib.sha256(self.tensors.read_bytes(entry.info)).hexdigest()
-                except (TensorDataUnavailableError, MemoryReadError) as exc:
+                except (TensorDataUnavailableError,) + DECODE_ERRORS as exc:
                     entry.warning = str(exc)
         model.graph_edges = graph_edges(model)
         return model
+
+    def _contained(self, where: str, what: str, read, empty):
+        """``read()``, or ``empty`` with a warning when smeared memory makes it unreadable."""
+        try:
+            return read()
+        except DECODE_ERRORS as exc:
+            self._warn(f"module {where}: {what} unreadable ({exc}); taken as empty")
+            return empty
 
     def execution_context(self) -> ExecutionContext:
         packages = {}
