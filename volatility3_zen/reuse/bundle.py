@@ -12,7 +12,16 @@ from ..zenlib.bundle import format as bundleformat
 
 
 class ReuseError(Exception):
-    """A bundle that cannot be used here; the message is one line for the investigator."""
+    """A bundle that cannot be used here; the message is one line for the investigator (whatever the
+    bundle put into it: member names, values from its manifest)."""
+
+    def __init__(self, message: str):
+        super().__init__(bundleformat.shown(message, limit=1000))
+
+
+# The manifest fields reuse reads, with the JSON types a bundle.write manifest gives them.
+_MANIFEST_FIELDS = (("python_version", (str,)), ("torch_version", (str, type(None))), ("base", (dict,)),
+                    ("target", (dict,)))
 
 
 class PatchBundle:
@@ -31,14 +40,23 @@ class PatchBundle:
         self.sha256 = bundleformat.manifest_sha256(self.members)
         if expect_sha256 and expect_sha256.lower() != self.sha256:
             raise ReuseError(f"{path}: refused, its manifest sha256 is {self.sha256}, not the expected {expect_sha256}")
-        self.manifest = self.json(bundleformat.MANIFEST)
+        self.manifest = self.json(bundleformat.MANIFEST)  # verify: a JSON object
         if self.manifest.get("schema") != bundleformat.BUNDLE_SCHEMA_VERSION:
-            raise ReuseError(f"{path}: bundle schema {self.manifest.get('schema')} is not supported "
-                             f"(this version reads {bundleformat.BUNDLE_SCHEMA_VERSION})")
+            raise ReuseError(f"{path}: bundle schema {bundleformat.shown(repr(self.manifest.get('schema')), 60)} is not "
+                             f"supported (this version reads {bundleformat.BUNDLE_SCHEMA_VERSION})")
+        for field, types in _MANIFEST_FIELDS:
+            if not isinstance(self.manifest.get(field), types):
+                raise ReuseError(f"{path}: refused, {bundleformat.MANIFEST} has no valid {field!r}")
+        if "name" not in self.manifest["base"] or not isinstance(self.manifest["base"].get("source"), (str, type(None))):
+            raise ReuseError(f"{path}: refused, {bundleformat.MANIFEST} has no valid 'base'")
 
     # -- members ---------------------------------------------------------------------------------------
     def json(self, name: str) -> Any:
-        return json.loads(self.members[name])
+        """A JSON member, decoded (ReuseError when it is not JSON)."""
+        try:
+            return json.loads(self.members[name])
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
+            raise ReuseError(f"{self.path}: {name} is not JSON ({exc})") from None
 
     def has(self, name: str) -> bool:
         return name in self.members

@@ -25,6 +25,9 @@ ET_EXEC, ET_DYN = 2, 3
 PT_LOAD, PT_DYNAMIC, PT_NOTE = 1, 2, 4
 DT_NULL, DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_SONAME, DT_GNU_HASH = 0, 5, 6, 10, 14, 0x6FFFFEF5
 NT_GNU_BUILD_ID = 3
+# A GNU hash chain is a few entries long; a walk longer than this is reading garbage (a corrupt table in
+# a large zero-filled mapping would otherwise be walked to its end).
+_MAX_CHAIN = 1 << 16
 
 
 @dataclass
@@ -81,6 +84,8 @@ class ElfImage:
         if not (hash_addr and symtab and strtab):
             return None
         nbuckets, symoffset, bloom_size, _shift = struct.unpack("<IIII", mem.read(hash_addr, 16))
+        if nbuckets == 0:  # an empty (or corrupt) table: no symbol can be found through it
+            return None
         buckets_addr = hash_addr + 16 + bloom_size * 8
         chain_addr = buckets_addr + nbuckets * 4
         h = 5381
@@ -90,7 +95,7 @@ class ElfImage:
         index = mem.read_u32(buckets_addr + (h % nbuckets) * 4)
         if index < symoffset:
             return None
-        while True:
+        for _ in range(_MAX_CHAIN):
             chain_hash = mem.read_u32(chain_addr + (index - symoffset) * 4)
             if (chain_hash | 1) == (h | 1):
                 st_name, _info, _other, shndx, value, size = SYM.unpack(mem.read(symtab + index * SYM.size, SYM.size))
@@ -99,6 +104,7 @@ class ElfImage:
             if chain_hash & 1:
                 return None
             index += 1
+        return None
 
     # -- on-disk sections, only for a matching file -------------------------------------------------
     def section_from_file(self, section: str) -> Optional[Tuple[int, int]]:
