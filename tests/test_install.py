@@ -40,6 +40,6 @@ def test_fresh_install_lists_and_runs_plugins(tmp_path, mode):
     rows = json.loads(run.stdout)
     assert {r["Python"].rsplit(".", 1)[0] for r in rows} == {"3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"}
     # The base model library travels with the package (data_files for a wheel, the checkout when editable).
-    names = subprocess.run([str(vol.parent / "python"), "-c", "from volatility3_zen.zenlib import bml; print(' '.join(bml.BaseModelLibrary().names()))"],
+    names = subprocess.run([str(vol.parent / "python"), "-c", "from volatility3_zen.zenlib.analysis.library import BaseModelLibrary; print(' '.join(BaseModelLibrary().names()))"],
                            capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert names.stdout.split() == sorted(p[:-5] for p in os.listdir(os.path.join(REPO, "bml")) if p.endswith(".json"))
