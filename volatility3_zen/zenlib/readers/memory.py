@@ -46,6 +46,9 @@ class MemoryRegion:
 ReadRunFn = Callable[[int, int], Tuple[bytes, List[Tuple[int, int]]]]
 
 
+_HOLE: Tuple[bytes, List[Tuple[int, int]], bool] = (bytes(1 << 20), [], False)  # an unmapped chunk, shared
+
+
 class ProcessMemory:
     """Virtual memory of one process: regions plus cached reads.
 
@@ -53,7 +56,7 @@ class ProcessMemory:
     the image (swapped out, not captured); ``read_padded`` zero-fills instead.
     """
 
-    CHUNK = 1 << 20
+    CHUNK = len(_HOLE[0])
 
     def __init__(self, regions: Iterable[MemoryRegion], read_run: ReadRunFn, pid: int = 0, name: str = ""):
         self.regions: List[MemoryRegion] = sorted(regions, key=lambda r: r.start)
@@ -84,8 +87,11 @@ class ProcessMemory:
             i = bisect.bisect_right(self._starts, base) - 1
             touches_region = (i >= 0 and base < self.regions[i].end) or (
                 i + 1 < len(self.regions) and self.regions[i + 1].start < end)
-            # Never ask the backend for a chunk that lies wholly in a hole between regions.
-            data, present = self._read_run(base, self.CHUNK) if touches_region else (bytes(self.CHUNK), [])
+            if not touches_region:
+                # A chunk wholly in a hole between regions: the backend is not asked and nothing is
+                # cached, so that garbage pointers in smeared memory cannot fill the cache.
+                return _HOLE
+            data, present = self._read_run(base, self.CHUNK)
             present = [(max(s, base), min(e, end)) for s, e in present if e > base and s < end]
             chunk = (data, present, present == [(base, end)])
             self._chunks[base] = chunk

@@ -88,23 +88,30 @@ def _perms(vm_flags: int) -> str:
 
 
 def task_regions(context, task) -> List[MemoryRegion]:
+    """The VMAs of a task as regions.  Smeared kernel memory can break the VMA tree or list itself
+    (Volatility's iterator then fails in its own code): the regions read until then are kept."""
     regions = []
     names_by_file = {}  # a library has several VMAs of one file: resolve its path (a dentry walk) once
-    for vma in task.mm.get_vma_iter():
-        try:
-            start, end = int(vma.vm_start), int(vma.vm_end)
-            vm_file = int(vma.vm_file)
-            if vm_file and vm_file in names_by_file:
-                name = names_by_file[vm_file]
-            else:
-                name = vma.get_name(context, task) or ""
-                if vm_file:
-                    names_by_file[vm_file] = name
-            if name == _ANONYMOUS:
-                name = ""
-            regions.append(MemoryRegion(start, end, _perms(int(vma.vm_flags)), name, vma.get_page_offset()))
-        except exceptions.InvalidAddressException:
-            vollog.debug("skipping an unreadable VMA of PID %s", task.pid)
+    try:
+        for vma in task.mm.get_vma_iter():
+            try:
+                start, end = int(vma.vm_start), int(vma.vm_end)
+                vm_file = int(vma.vm_file)
+                if vm_file and vm_file in names_by_file:
+                    name = names_by_file[vm_file]
+                else:
+                    name = vma.get_name(context, task) or ""
+                    if vm_file:
+                        names_by_file[vm_file] = name
+                if name == _ANONYMOUS:
+                    name = ""
+                regions.append(MemoryRegion(start, end, _perms(int(vma.vm_flags)), name, vma.get_page_offset()))
+            except exceptions.InvalidAddressException:
+                vollog.debug("skipping an unreadable VMA of PID %s", task.pid)
+    except (exceptions.InvalidAddressException, AttributeError, TypeError, ValueError) as exc:
+        # AttributeError/TypeError: Volatility's VMA extension dereferences what smear turned to None
+        vollog.warning("PID %s: VMA list broken after %d regions (%s: %s); the rest of the process is not read",
+                       task.pid, len(regions), type(exc).__name__, exc)
     return regions
 
 
@@ -114,10 +121,11 @@ def kernel_targets(context, kernel_module_name: str, pids: Optional[Iterable[int
     for task in pslist.PsList.list_tasks(context, kernel_module_name, filter_func=filter_func):
         pid = int(task.pid)
         name = utility_comm(task)
-        if not task.mm:
-            yield Target(pid, name, None, "kernel")
-            continue
-        layer_name = task.add_process_layer()
+        try:
+            layer_name = task.add_process_layer() if task.mm else None
+        except (exceptions.InvalidAddressException, AttributeError, TypeError, ValueError) as exc:
+            vollog.warning("PID %d (%s): address space unreadable (%s: %s)", pid, name, type(exc).__name__, exc)
+            layer_name = None
         if layer_name is None:
             yield Target(pid, name, None, "kernel")
             continue
