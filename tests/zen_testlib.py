@@ -1,45 +1,21 @@
 """Helpers shared by the image tests: open an image in-process with Volatility, compare with ground truth."""
 
-import functools
 import os
 import shutil
 import subprocess
 import sys
 from typing import Dict, List
 
+from tools import campaign
 from volatility3_zen.zenlib.representation.program import CodeObject, Program, encode_const
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISF_DIR = os.path.join(REPO, "tests", "data", "isf")
 
 
-@functools.lru_cache(maxsize=None)
-def _plugins_loaded() -> bool:
-    import volatility3.plugins
-    from volatility3 import framework
-
-    framework.require_interface_version(2, 0, 0)
-    framework.import_files(volatility3.plugins, True)
-    return True
-
-
 def construct(image_path: str, plugin_name: str = "linux.zen.codeobjects.CodeObjects", **config):
     """An in-process Volatility plugin instance for ``image_path`` (automagic run, like ``vol`` does)."""
-    import volatility3.symbols
-    from volatility3 import framework
-    from volatility3.framework import automagic, contexts, interfaces, plugins
-
-    _plugins_loaded()
-    if ISF_DIR not in volatility3.symbols.__path__:
-        volatility3.symbols.__path__.insert(0, ISF_DIR)
-    plugin_list = framework.list_plugins()
-    plugin = plugin_list[plugin_name]
-    ctx = contexts.Context()
-    ctx.config["automagic.LayerStacker.single_location"] = "file://" + os.path.abspath(image_path)
-    for key, value in config.items():
-        ctx.config[interfaces.configuration.path_join("plugins", plugin.__name__, key)] = value
-    automagics = automagic.choose_automagic(automagic.available(ctx), plugin)
-    return plugins.construct_plugin(ctx, automagics, plugin, "plugins", None, None)
+    return campaign.construct(image_path, plugin_name, ISF_DIR, **config)
 
 
 def vol_command() -> List[str]:
@@ -120,48 +96,7 @@ def summarize(problems: Dict[str, List[str]], limit: int = 8) -> str:
 
 
 # -- corrupted copies of an image (tests/test_corruption.py) ----------------------------------------
-
-PAGE = 4096
-
-
-def core_page_offsets(core_path: str) -> Dict[int, int]:
-    """{virtual page address: file offset} of every whole page a process core holds, from its PT_LOAD
-    headers (p_vaddr -> p_offset, p_filesz bytes; the rest of a segment is not in the file)."""
-    import struct
-
-    with open(core_path, "rb") as fh:
-        ehdr = fh.read(64)
-        phoff, = struct.unpack_from("<Q", ehdr, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-        fh.seek(phoff)
-        table = fh.read(phentsize * phnum)
-    pages = {}
-    for i in range(phnum):
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-        if p_type == 1:  # PT_LOAD
-            for delta in range(0, p_filesz - p_filesz % PAGE, PAGE):
-                pages[p_vaddr + delta] = p_offset + delta
-    return pages
-
-
-def layer_page_offsets(context, layer_name: str, regions) -> Dict[int, int]:
-    """{virtual page address: file offset} of every present page of ``regions`` in a Volatility layer,
-    translated down to the image file through each layer's ``mapping()`` (for a LiME image: the
-    process layer gives physical addresses, the LiME layer gives file offsets)."""
-    from volatility3.framework import interfaces
-
-    def file_runs(name, offset, length):
-        layer = context.layers[name]
-        if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
-            yield offset, length
-            return
-        for _off, _len, mapped, mapped_len, sublayer in layer.mapping(offset, length, ignore_errors=True):
-            yield from file_runs(sublayer, mapped, mapped_len)
-
-    pages = {}
-    for region in regions:
-        for page in range(region.start, region.end, PAGE):
-            runs = list(file_runs(layer_name, page, PAGE))
-            if len(runs) == 1 and runs[0][1] == PAGE:
-                pages[page] = runs[0][0]
-    return pages
+# Where a process's pages are in the image file: shared with the corruption campaign (tools/campaign.py).
+PAGE = campaign.PAGE
+core_page_offsets = campaign.core_page_offsets
+layer_page_offsets = campaign.layer_page_offsets
