@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import zipfile
@@ -185,8 +186,12 @@ def test_fuzz_script_runs(target, tmp_path):
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    # A child forked from this (large) test process starts with its peak RSS (Linux keeps it across
+    # exec), which libFuzzer's default 2 GiB RSS limit would count as the target's: allow 2 GiB beyond it.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     result = subprocess.run(
         [sys.executable, str(FUZZ / f"fuzz_{target}.py"), "-max_total_time=5", "-timeout=10",
+         f"-rss_limit_mb={inherited_mb + 2048}", "-malloc_limit_mb=2048",
          f"-artifact_prefix={tmp_path}/", str(corpus), str(FUZZ / "seeds" / target)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-3000:]
