@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from typing import Callable, List, Tuple
 
-from volatility3.framework import contexts, exceptions
+from volatility3.framework import contexts
 from volatility3.framework.layers import physical
 
 from volatility3_zen.reuse import bundle as reuse_bundle

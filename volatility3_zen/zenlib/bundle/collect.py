@@ -17,9 +17,9 @@ from ..analysis.diff import ModelDiff
 from ..errors import ZenError
 from ..readers.cpython import code_index, disassemble, marshal_writer
 from ..readers.cpython.objects import DECODE_ERRORS
+from ..readers.cpython.layouts import minor_version
 from ..readers.cpython.recover import PythonProcess
 from ..readers.cpython.state import OBJECTS_SCHEMA_VERSION, StateReader
-from ..readers.fingerprint import version_of
 from ..readers.torch import export
 from ..readers.torch.model import TorchProcess
 from ..readers.torch.state import TorchValues
@@ -49,7 +49,7 @@ def _collect(found, base: UnifiedRepresentation, model_diff: ModelDiff) -> Bundl
     target = found.ur
     root = found.root
     warnings: List[str] = []
-    code = _CodeMembers(python, version_of(python), warnings, found.fingerprint.code_objects)
+    code = _CodeMembers(python, minor_version(python.runtime.version), warnings, found.fingerprint.code_objects)
     code.add_changes(target, model_diff)
     class_attributes = _added_class_attributes(python, target, model_diff, warnings)
     parts = _torch_parts(python, found.torch, root, target, warnings)

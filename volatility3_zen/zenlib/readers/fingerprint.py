@@ -16,6 +16,7 @@ from .cpython.code_index import function_id as make_function_id, nested_kind
 from .cpython import disassemble
 from .cpython.objects import DECODE_ERRORS
 from .cpython.reach import CodeReach, ReachedCode, is_framework_module
+from .cpython.layouts import minor_version
 from .cpython.recover import PythonProcess
 from ..errors import CorruptObjectError
 from ..representation.model import RecoveredModel
@@ -34,11 +35,6 @@ class ModelFingerprint:
 
     ur: UnifiedRepresentation
     code_objects: Dict[int, CodeObject] = field(default_factory=dict)
-
-
-def version_of(python: PythonProcess) -> Tuple[int, int]:
-    major, minor = python.runtime.version.split(".")[:2]
-    return int(major), int(minor)
 
 
 # -- MR ---------------------------------------------------------------------------------------------
@@ -77,7 +73,7 @@ def _strings(consts) -> List[str]:
 def program_representation(python: PythonProcess, reached: ReachedCode,
                            with_source: bool = False) -> Tuple[ProgramRepresentation, Dict[int, str]]:
     """The PR of what the walk reached, and each class's key by address (for phi)."""
-    version = version_of(python)
+    version = minor_version(python.runtime.version)
     codes = reached.code_objects
 
     def resolve(address: int) -> CodeObject:
@@ -254,7 +250,7 @@ class Fingerprinter:
         phi = {}
         for path, type_addr in sorted(node_class.items()):
             phi[path] = {"class": keys.get(type_addr, "?"), "code": class_code(reached, type_addr, pr)}
-        major, minor = version_of(self.py)
+        major, minor = minor_version(self.py.runtime.version)
         prov = {"tool": TOOL, "python": self.py.runtime.version, "root_class": root_class,
                 "model_packages": sorted(reached.packages)}
         prov.update(provenance or {})

@@ -4,21 +4,17 @@ marshal files loadable by the image's CPython version (``linux.zen.codeobjects -
 import hashlib
 import logging
 import re
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional
 
 from ...errors import CorruptObjectError, ZenError
 from ...representation.program import CodeObject, Program
 from . import disassemble, marshal_writer
 from .code_index import CodeEntry
+from .layouts import minor_version
 from .objects import DECODE_ERRORS
 
 vollog = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def version_tuple(program: Program) -> Tuple[int, int]:
-    major, minor = program.interpreter.version.split(".")[:2]
-    return int(major), int(minor)
 
 
 def resolver(program: Program) -> Callable[[int], CodeObject]:
@@ -37,7 +33,7 @@ def resolver(program: Program) -> Callable[[int], CodeObject]:
 def source_text(program: Program, code: CodeObject) -> str:
     """Decompiled source where a decompiler supports the version, else disassembly; for a code object
     that neither can render (its nested code lost, or garbled by smeared memory), a comment saying why."""
-    version = version_tuple(program)
+    version = minor_version(program.interpreter.version)
     resolve = resolver(program)
     try:
         text = disassemble.decompile(code, resolve, version)
@@ -57,7 +53,7 @@ def dump_code_objects(program: Program, entries: Iterable[CodeEntry], open_file,
     ``sources`` (code address -> text) is filled so that a caller showing the text too does not
     decompile twice (decompiling is the slow part)."""
     sources = {} if sources is None else sources
-    version = version_tuple(program)
+    version = minor_version(program.interpreter.version)
     resolve = resolver(program)
     index = {"pid": program.pid, "process": program.process, "python": program.interpreter.version, "code_objects": []}
     for e in entries:

@@ -87,7 +87,7 @@ _TABLES: ShippedTables[CPythonLayout] = ShippedTables("cpython", "cpython", "CPy
 SYMBOLS_DIR = _TABLES.folder
 
 
-def _parse_version(version: VersionLike) -> Tuple[int, int]:
+def minor_version(version: VersionLike) -> Tuple[int, int]:
     """(major, minor) from "3.11", "3.11.2", (3, 11), sys.version_info or a PY_VERSION_HEX int."""
     if isinstance(version, int) and version >= 0x01000000:
         return version >> 24, (version >> 16) & 0xFF
@@ -107,4 +107,4 @@ def supported_versions() -> List[str]:
 
 def load_layout(version: VersionLike) -> CPythonLayout:
     """The layout for a CPython version (any patch level of a supported minor version); cached."""
-    return _TABLES.load("%d.%d" % _parse_version(version))
+    return _TABLES.load("%d.%d" % minor_version(version))
