@@ -43,11 +43,17 @@ def test_model_packages_are_entered(module):
     assert not reach.is_framework_module(module)
 
 
-@pytest.mark.xfail(strict=True, reason="is_framework_module treats every top-level name starting with '_' as "
-                                       "framework, so classes defined in a script (module __main__, as in "
-                                       "tools/corpus/deploy/torch_custom.py) are never walked: issue 11")
 def test_a_script_s_own_classes_are_model_code():
     assert not reach.is_framework_module("__main__")
+
+
+@pytest.mark.parametrize("path, installed", [
+    ("/usr/lib/python3/dist-packages/timm/models/resnet.py", True),
+    ("/srv/venv/lib/python3.11/site-packages/nano_gpt/model.py", True),
+    ("/srv/app/serve.py", False), ("/root/.cache/torch/hub/acme_main/hubconf.py", False), (None, False),
+])
+def test_installed_files_are_told_from_a_deployment_s_own(path, installed):
+    assert reach.is_installed_file(path) is installed
 
 
 def test_the_standard_library_list_is_the_running_interpreter_s():

@@ -18,12 +18,17 @@ _CONSTANT_TAGS = ("None", "Ellipsis", "bool", "int", "float", "complex", "str", 
 _OMIT = object()  # an attribute the image could not describe: left out of the rebuilt object
 
 
+# Modules of the deployment itself that the injector made for this rebuild (its script's ``__main__``
+# among them, which is not this process's ``__main__``): looked up here before anything is imported.
+DEPLOYMENT_MODULES: Dict[str, types.ModuleType] = {}
+
+
 def resolve(module: Optional[str], qualname: str) -> Any:
     """The object named module.qualname (qualname may be dotted: Class.method)."""
     if not module:
         raise ReuseError(f"{qualname} has no module; it cannot be looked up")
     try:
-        target = sys.modules.get(module) or importlib.import_module(module)
+        target = DEPLOYMENT_MODULES.get(module) or sys.modules.get(module) or importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 -- an import runs arbitrary code; any failure means "not here"
         raise ReuseError(f"module {module} is not importable here ({type(exc).__name__}: {exc})") from None
     for part in qualname.split("."):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .bundle import PatchBundle, ReuseError
-from .decode import _OMIT, Decoder, resolve
+from .decode import _OMIT, DEPLOYMENT_MODULES, Decoder, resolve
 
 
 @dataclass
@@ -57,8 +57,11 @@ def make_plan(bundle: PatchBundle) -> Plan:
     doc = bundle.json("objects.json")
     code = bundle.code_entries()
     modules = _modules_of(doc)
+    local = set(doc.get("local_modules", ()))
     for module in modules:
-        if not _importable(module):
+        if module in local or _is_script(module):
+            plan.actions.append(Action("create-module", module, "the deployment's own"))
+        elif not _importable(module):
             plan.actions.append(Action("create-module", module, "not in this environment"))
     for cls in doc["classes"]:
         carried = sum(1 for m in cls["methods"].values() if code.get(m.get("function_id"), {}).get("kind") == "carried")
@@ -78,6 +81,11 @@ def make_plan(bundle: PatchBundle) -> Plan:
     return plan
 
 
+def _is_script(module: str) -> bool:
+    """A script run as __main__, or code run by path (runpy's ``<run_path>``): never importable here."""
+    return module == "__main__" or module.startswith("<")
+
+
 def _modules_of(doc: Dict[str, Any]) -> List[str]:
     names = {c["module"] for c in doc["classes"]} | {f["module"] for f in doc["functions"]}
     names |= set(doc["globals"]) | set(doc.get("local_modules", []))
@@ -91,24 +99,34 @@ class Injector:
         self.doc = bundle.json("objects.json")
         self.code = bundle.code_entries()
         self.created: Dict[str, types.ModuleType] = {}
+        DEPLOYMENT_MODULES.clear()  # a rebuild's names are its own bundle's (an earlier model keeps its objects)
+        self.local = set(self.doc.get("local_modules", ())) | {m for m in _modules_of(self.doc) if _is_script(m)}
         self.pending_cells: List[Tuple[types.CellType, dict, str]] = []
         self.pending_defaults: List[Tuple[types.FunctionType, dict, str]] = []
         decoder.make_function = self.function_now
 
     # -- modules ---------------------------------------------------------------------------------------
     def module(self, name: str) -> types.ModuleType:
-        if _importable(name):
+        """The live module for a bundle's module name.  The deployment's own modules (objects.json's
+        ``local_modules``: its script, the files beside it, exec'd code) are always made afresh, even
+        where this environment has a module of that name (a local ``common.py``, the running script's
+        ``__main__``); any other module is the environment's, or made empty when it is missing."""
+        if name in self.created:
+            return self.created[name]
+        if name not in self.local and _importable(name):
             return sys.modules[name]
         parent_name, _, child = name.rpartition(".")
         module = types.ModuleType(name, f"injected by volatility3_zen.reuse from {self.bundle.path}")
         module.__zen_injected__ = True
         module.__builtins__ = builtins  # as an imported module has; the eval loop looks builtins up there
-        if parent_name:
+        if parent_name and not name.startswith("<"):
             parent = self.module(parent_name)
             if not hasattr(parent, "__path__"):
                 parent.__path__ = []  # a package, so that the child's import statement works
             setattr(parent, child, module)
-        sys.modules[name] = module
+        if name != "__main__":  # this process's own __main__ stays in place
+            sys.modules[name] = module
+        DEPLOYMENT_MODULES[name] = module
         self.created[name] = module
         return module
 

@@ -316,6 +316,9 @@ class _ObjectState:
         local_modules |= {f.module for f in added.values()}
         # Modules of injected classes that the base has too (an added class in a base module) stay the base's.
         local_modules -= {c.module for c in base.pr.classes}
+        # The deployment's own modules (the script, files beside it, exec'd code) exist nowhere else:
+        # everything of theirs the rebuild meets is described in full, and reuse makes them afresh.
+        local_modules |= set(target.provenance.get("deployment_modules", ()))
         reader = self.reader = StateReader(self.python, self.torch_values, local_modules)
         try:
             root_ref = reader.encode(root, "")

@@ -253,6 +253,8 @@ class Fingerprinter:
         major, minor = minor_version(self.py.runtime.version)
         prov = {"tool": TOOL, "python": self.py.runtime.version, "root_class": root_class,
                 "model_packages": sorted(reached.packages)}
+        if reached.deployment_modules:  # code that no installed package holds (reach.py); bases have none
+            prov["deployment_modules"] = sorted(reached.deployment_modules)
         prov.update(provenance or {})
         if reached.warnings:
             prov["warnings"] = reached.warnings[:50]

@@ -6,11 +6,20 @@ their code objects and nested code, and follows every name a code object uses (`
 its function's globals -- and through the modules those globals hold, for ``common.C3`` -- to further
 functions and classes, recursively.
 
-The walk stays inside the *model packages*: the top-level packages that define the starting classes
-(plus any the caller adds).  Framework code (torch, the standard library) is where the walk stops:
-its classes are recorded by name but not entered, which keeps the result to the code that makes the
-model what it is.  Only the objects on the way are read, never the GC lists, so the cost is
-proportional to the model's own code.
+The walk enters two kinds of code:
+
+- the *model packages*: the top-level packages that define the starting classes and their bases
+  (plus any the caller adds), e.g. ``timm`` for a timm model;
+- *deployment code*, wherever it lives: the script run as ``__main__``, modules and packages beside
+  it that are not installed (``common.py``, ``utils/blocks.py``, a ``hubconf.py`` in a cache folder),
+  code exec'd into a module that ``sys.modules`` does not hold (``runpy``'s ``<run_path>``, a
+  ``types.ModuleType``).  A function of such code is entered wherever the walk meets it: as a method
+  a script rebound on a base class, as a global a base module was monkeypatched with.
+
+Framework code (torch, numpy, the standard library) and installed packages other than the model's
+are where the walk stops: their classes are recorded by name but not entered, which keeps the result
+to the code that makes the model what it is.  Only the objects on the way are read, never the GC
+lists, so the cost is proportional to the model's own code.
 """
 
 import sys
@@ -33,7 +42,17 @@ def top_package(module: Optional[str]) -> str:
 
 def is_framework_module(module: Optional[str]) -> bool:
     top = top_package(module)
+    if top == "__main__":  # the script: deployment code, never the framework
+        return False
     return not top or top in FRAMEWORK_PACKAGES or top in STDLIB_PACKAGES or top.startswith("_")
+
+
+# Where installers put packages: a module loaded from a file below one of these is installed code.
+INSTALLED_DIRS = ("/site-packages/", "/dist-packages/")
+
+
+def is_installed_file(path: Optional[str]) -> bool:
+    return bool(path) and any(marker in path for marker in INSTALLED_DIRS)
 
 
 @dataclass
@@ -47,6 +66,7 @@ class ReachedCode:
     code_objects: Dict[int, CodeObject] = field(default_factory=dict)
     code_owner: Dict[int, Tuple[int, Optional[int]]] = field(default_factory=dict)  # code -> (function, parent code)
     packages: Set[str] = field(default_factory=set)
+    deployment_modules: Set[str] = field(default_factory=set)  # modules of the deployment's own code met
     warnings: List[str] = field(default_factory=list)
 
 
@@ -60,6 +80,8 @@ class CodeReach:
         self._f_globals = python.layout.offset("PyFunctionObject", "func_globals")
         self._dicts: Dict[int, Dict[str, int]] = {}
         self._module_of: Optional[Dict[int, str]] = None
+        self._module_addr: Optional[Dict[str, int]] = None
+        self._deployment: Dict[str, bool] = {}
         self.extra_packages = set(extra_packages)
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -82,10 +104,36 @@ class CodeReach:
     def _module_names(self) -> Dict[int, str]:
         if self._module_of is None:
             try:
-                self._module_of = {addr: name for name, addr in self.heap.modules().items()}
+                self._module_addr = dict(self.heap.modules())
             except DECODE_ERRORS:
-                self._module_of = {}
+                self._module_addr = {}
+            self._module_of = {addr: name for name, addr in self._module_addr.items()}
         return self._module_of
+
+    def is_deployment_module(self, module: Optional[str]) -> bool:
+        """Code of the deployment itself (module docstring): not the framework, and either the script,
+        or not in sys.modules (exec'd, run by path), or loaded from a file that no installer put there."""
+        if not module or is_framework_module(module):
+            return False
+        known = self._deployment.get(module)
+        if known is None:
+            self._module_names()
+            address = self._module_addr.get(module)
+            if top_package(module) == "__main__" or not address:
+                known = True
+            else:
+                known = not is_installed_file(self._module_file(address))
+            self._deployment[module] = known
+        return known
+
+    def _module_file(self, module_obj: int) -> Optional[str]:
+        file_obj = self._module_namespace(module_obj).get("__file__")
+        try:
+            if file_obj and self.o.kind(file_obj) == "str":
+                return self.o.read_str(file_obj)
+        except DECODE_ERRORS:
+            pass
+        return None
 
     def _classify(self, value: int) -> str:
         """'function', 'class', 'module' or '' for a global's value."""
@@ -121,7 +169,9 @@ class CodeReach:
         out.packages |= self.extra_packages
 
         def inside(module: Optional[str]) -> bool:
-            return not is_framework_module(module) and top_package(module) in out.packages
+            if is_framework_module(module):
+                return False
+            return top_package(module) in out.packages or self.is_deployment_module(module)
 
         seen_classes: Set[int] = set()
         seen_functions: Set[int] = set()
@@ -157,6 +207,8 @@ class CodeReach:
             for code in self._read_code_tree(func, out):
                 for kind, value in self._referenced(code, globals_, inside):
                     (pending_functions if kind == "function" else pending_classes).append(value)
+        met = {c.module for c in out.classes.values()} | {f.module for f in out.functions.values()}
+        out.deployment_modules = {m for m in met if self.is_deployment_module(m)}
         return out
 
     def _read_class(self, addr: int, out: ReachedCode, quiet: bool) -> Optional[ClassInfo]:

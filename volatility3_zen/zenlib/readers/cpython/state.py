@@ -44,6 +44,9 @@ class StateReader:
         self._module_names: Optional[Dict[int, str]] = None
         self._mro_cache: Dict[int, List[str]] = {}
         self._dict_modules: Optional[Dict[int, str]] = None
+        # Globals dicts of modules sys.modules does not hold (code exec'd into a module object nobody
+        # registered, runpy's <run_path>): found through the functions that use them, by module name.
+        self._unlisted_globals: Dict[str, int] = {}
         self.local_modules: Set[str] = set(local_modules)  # modules the base lacks: their functions are described in full
         self._inline_functions: Set[int] = set()  # and these (added to a module the base has)
 
@@ -228,8 +231,12 @@ class StateReader:
         func = self.py.read_function(func_addr)
         raw = self.py.function_pointers(func_addr)
         label = f"{func.module}.{func.qualname}"
+        globals_module = self.module_of_dict(raw["func_globals"])
+        if globals_module is None and func.module and raw["func_globals"]:
+            self._unlisted_globals.setdefault(func.module, raw["func_globals"])
+            globals_module = func.module
         entry = {"wrapper": wrapper, "name": func.name, "qualname": func.qualname, "module": func.module,
-                 "code": raw["func_code"], "globals": self.module_of_dict(raw["func_globals"]),
+                 "code": raw["func_code"], "globals": globals_module,
                  "defaults": None, "kwdefaults": None, "closure": None}
         if raw["func_defaults"]:
             entry["defaults"] = self.encode(raw["func_defaults"], f"{label}.__defaults__")
@@ -289,7 +296,10 @@ class StateReader:
 
     def module_globals(self, module: str, names: Iterable[str]) -> Dict[str, dict]:
         addr = self.modules().get(module)
-        if not addr:
+        if addr:
+            namespace = self.o.module_namespace(addr)
+        elif module in self._unlisted_globals:
+            namespace = self.o.str_dict(self._unlisted_globals[module])
+        else:
             return {}
-        namespace = self.o.module_namespace(addr)
         return {name: self.encode(namespace[name], f"{module}.{name}") for name in sorted(set(names)) if name in namespace}
