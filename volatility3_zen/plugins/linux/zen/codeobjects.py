@@ -62,6 +62,7 @@ class CodeObjects(interfaces.plugins.PluginInterface):
             e.user_code,
             format_hints.Hex(e.code.address),
             e.function_id,
+            e.code_qualname,
         )
         if self.config.get("decompile"):
             if e.code.address not in sources:
@@ -78,7 +79,7 @@ class CodeObjects(interfaces.plugins.PluginInterface):
         columns = [
             ("PID", int), ("Process", str), ("Python", str), ("Module", str), ("Qualname", str), ("File", str),
             ("Line", int), ("Args", int), ("Locals", int), ("Bytecode", int), ("SHA256", str), ("Kind", str),
-            ("User", bool), ("Code", format_hints.Hex), ("FunctionID", str),
+            ("User", bool), ("Code", format_hints.Hex), ("FunctionID", str), ("CodeQualname", str),
         ]
         if self.config.get("decompile"):
             columns.append(("Source", str))

@@ -1,5 +1,9 @@
 """Describing every code object of a ``Program``: owner module, qualified name, kind, function ID.
 
+A function's code is named after the function object (its ``__module__`` and ``__qualname__``), not
+after the code: code made by ``exec`` (dataclass and namedtuple methods, attrs, a source string) is
+compiled under a helper's name (``__create_fn__.<locals>.__init__``) and only the function says
+whose it is (``DatasetConfig.__init__``).  The code's own name is kept beside it (``code_qualname``).
 Nested code objects reached only through ``co_consts`` inherit module and qualname from their parent
 (on 3.7-3.10 code objects carry no qualname of their own).
 """
@@ -24,6 +28,7 @@ class CodeEntry:
     user_code: bool
     sha256: str
     functions: List[int]  # addresses of the function objects that use this code
+    code_qualname: str = ""  # the code object's own co_qualname (3.11+) or co_name
 
 
 def signature(code: CodeObject, version) -> str:
@@ -108,9 +113,10 @@ def index_code_objects(program: Program) -> Iterator[CodeEntry]:
         if code is None:
             continue
         module, qualname, kind = parent_info[addr]
-        qualname = code.qualname or qualname
+        if addr not in by_code:  # nested code: its own qualname where the version records one
+            qualname = code.qualname or qualname
         yield CodeEntry(code, module, qualname, kind, function_id(module, qualname, code, version), is_user(code.filename),
-                        hashlib.sha256(code.code).hexdigest(), by_code.get(addr, []))
+                        hashlib.sha256(code.code).hexdigest(), by_code.get(addr, []), code.qualname or code.name)
 
 
 def nested_kind(code: CodeObject) -> str:

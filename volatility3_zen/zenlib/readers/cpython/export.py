@@ -71,6 +71,7 @@ def dump_code_objects(program: Program, entries: Iterable[CodeEntry], open_file,
             fh.write(sources[e.code.address].encode("utf-8", "surrogateescape"))
         index["code_objects"].append({
             "function_id": e.function_id, "address": e.code.address, "module": e.module, "qualname": e.qualname,
+            "code_qualname": e.code_qualname,
             "kind": e.kind, "user_code": e.user_code, "filename": e.code.filename, "firstlineno": e.code.firstlineno,
             "co_code_sha256": e.sha256, "marshal": stem + ".marshal", "marshal_sha256": hashlib.sha256(data).hexdigest(),
             "source": stem + ".txt", "quickened_in_memory": e.code.quickened,
