@@ -206,3 +206,17 @@ def test_a_given_matching_is_used_as_it_is():
     d = diff_models(target, BASE, ([ghost], [], []))
     assert d.skipped == ["m:ghost()@1"]
     assert "target code m:ghost()@1 is not in its representation: skipped" in d.warnings
+
+
+def test_a_method_rebound_to_a_script_function_changes_its_class():
+    """BasicBlock.forward = my_forward: the base class holds a function of the script as its method.
+    The class is changed, nothing is added as a class; an added class is never listed as changed."""
+    patched = method("m.Block", "__main__:my_forward(self, x)@3", BLOCK_FORWARD[:-1] + ("LOAD_CONST int:2", "BINARY_OP *", "RETURN_VALUE"))
+    target = model(blocks=[block_methods()[0], patched])
+    d = diff_models(target, BASE)
+    assert d.changed_classes == ["m.Block"] and not d.added_classes
+    assert d.to_json()["changed_classes"] == ["m.Block"]
+    attn = [method("m.Attn", "m:Attn.__init__(self, planes)@50", ATTN_INIT),
+            method("m.Attn", "m:Attn.forward(self, x)@55", ATTN_FORWARD)]
+    d = diff_models(model(extra=attn, extra_classes=[class_of("m.Attn", attn)]), BASE)
+    assert [c.key for c in d.added_classes] == ["m.Attn"] and d.changed_classes == []

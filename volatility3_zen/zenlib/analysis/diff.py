@@ -131,6 +131,17 @@ class ModelDiff:
             out[f"layers_{kind}"] = sum(1 for c in self.layer_changes if c.kind == kind)
         return out
 
+    @property
+    def changed_classes(self) -> List[str]:
+        """Classes both have whose behaviour differs: a method's code was changed or added (not merely
+        shipped along with a change), or the class's methods or bases differ.  A base class whose
+        method a deployment rebound to its own function is one."""
+        added = {c.key for c in self.added_classes} | set(self.renamed_classes)
+        keys = {c.class_key for c in self.changes
+                if c.kind in ("changed", "added") and c.pulled_in_by is None and c.class_key}
+        keys |= {c.key for c in self.class_changes}
+        return sorted(keys - added)
+
     def with_class_attributes(self, attributes: Dict[str, Dict[str, Any]]) -> "ModelDiff":
         """A copy whose added classes also carry the given class attributes (class key -> attribute
         name -> encoded value, as the bundle collector reads them from the image); self is unchanged."""
@@ -139,6 +150,7 @@ class ModelDiff:
 
     def to_json(self) -> Dict[str, Any]:
         out = asdict(self)
+        out["changed_classes"] = self.changed_classes
         out["counts"] = self.counts()
         return {"schema": DIFF_SCHEMA_VERSION, "format": DIFF_FORMAT, **out}
 
