@@ -220,3 +220,14 @@ def test_a_method_rebound_to_a_script_function_changes_its_class():
             method("m.Attn", "m:Attn.forward(self, x)@55", ATTN_FORWARD)]
     d = diff_models(model(extra=attn, extra_classes=[class_of("m.Attn", attn)]), BASE)
     assert [c.key for c in d.added_classes] == ["m.Attn"] and d.changed_classes == []
+
+
+def test_a_wrapped_base_model_aligns_with_the_base_and_only_the_wrapper_is_added():
+    """A custom root holding the base model (self.base = Net(...)): the base's layers pair with their
+    own under the wrapper's prefix, not all removed and added again."""
+    wrapped = [layer("", "w.Serving", ["base"])] + [
+        replace(node, path="base" + ("." + node.path if node.path else "")) for node in layers()]
+    serving = [method("w.Serving", "w:Serving.forward(self, x)@3", NET_FORWARD)]
+    target = model(extra=serving, extra_classes=[class_of("w.Serving", serving)], tree=wrapped)
+    d = diff_models(target, BASE)
+    assert {(c.kind, c.path) for c in d.layer_changes} == {("added", "")}

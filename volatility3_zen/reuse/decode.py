@@ -5,6 +5,7 @@ classes and functions into their modules; objects with an identity (instances, t
 once from the object table, so shared modules and tied weights stay shared.
 """
 
+import functools
 import importlib
 import sys
 import types
@@ -70,6 +71,14 @@ class Decoder:
         if t == "method":
             func, bound = self.value(encoded["function"], where), self.value(encoded["self"], where)
             return _OMIT if _OMIT in (func, bound) else types.MethodType(func, bound)
+        if t == "partial":
+            func = self.value(encoded["func"], f"{where}.func")
+            args = self.value(encoded["args"], f"{where}.args")
+            keywords = self.value(encoded["keywords"], f"{where}.keywords")
+            if _OMIT in (func, args, keywords):
+                return _OMIT
+            cls = self._class(encoded.get("class")) or functools.partial
+            return cls(func, *args, **keywords)
         if t == "pymodule":
             return importlib.import_module(encoded["v"])
         if t == "enum":

@@ -242,8 +242,12 @@ class Injector:
             live = current.fget
         new = self.function(entry)
         self._fill(None)  # its defaults and cells only
-        if isinstance(live, types.FunctionType) and len(live.__code__.co_freevars) == len(new.__code__.co_freevars):
-            live.__code__ = new.__code__  # the base's live function runs the image's code from now on
+        if (isinstance(live, types.FunctionType) and live.__globals__ is new.__globals__
+                and len(live.__code__.co_freevars) == len(new.__code__.co_freevars)):
+            # The base's live function runs the image's code from now on (references to it held
+            # elsewhere included).  Code from other globals (a script's function rebound as a base
+            # class's method) cannot run under the base module's globals: it is set as the attribute.
+            live.__code__ = new.__code__
             live.__defaults__, live.__kwdefaults__ = new.__defaults__, new.__kwdefaults__
         else:
             setattr(owner, entry["attr"], self._wrapped(entry, new, owner if isinstance(owner, type) else None))

@@ -387,7 +387,7 @@ def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: D
     numbered children (Sequential, ModuleList) pair by the longest common subsequence of their classes,
     and runs replaced one for one pair in order (a swapped block)."""
     mapping: Dict[str, str] = {}
-    pending = [("", "")] if "" in t_layers and "" in b_layers else []
+    pending = [(_base_root_in(t_layers, b_layers, renamed), "")] if "" in t_layers and "" in b_layers else []
     while pending:
         t_path, b_path = pending.pop()
         mapping[t_path] = b_path
@@ -410,6 +410,18 @@ def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: D
             if t_prefix + t_child in t_layers and b_prefix + b_child in b_layers and t_prefix + t_child not in mapping:
                 pending.append((t_prefix + t_child, b_prefix + b_child))
     return mapping
+
+
+def _base_root_in(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: Dict[str, str]) -> str:
+    """Where the base model sits in the target: the root, unless the target wraps it (a custom root
+    holding the base model, ``self.base = Transformer(...)``): then the shallowest layer of the base
+    root's class, so that the base's layers align with their own and only the wrapper is added."""
+    base_root = b_layers[""].class_key
+    if renamed.get(t_layers[""].class_key, t_layers[""].class_key) == base_root:
+        return ""
+    inside = [path for path, layer in t_layers.items()
+              if path and renamed.get(layer.class_key, layer.class_key) == base_root]
+    return min(inside, key=lambda p: (p.count("."), p)) if inside else ""
 
 
 def _elements(layer) -> int:

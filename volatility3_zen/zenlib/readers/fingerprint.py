@@ -26,6 +26,7 @@ from ..representation.unified import ClassFeature, CodeFeature, LayerNode, Mathe
 TOOL = "volatility3-zen"
 CALL_OPS = ("CALL", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD", "CALL_KW")
 PLAIN_ATTRIBUTE_DEPTH = 4  # how deep a plain-Python root's attributes are searched for its parts' classes
+STATE_ATTRIBUTES = 256  # attributes (and container items) of one layer looked at for deployment classes
 
 
 @dataclass
@@ -205,7 +206,42 @@ class Fingerprinter:
         mr = mathematical_representation(model)
         if model.unreadable:  # the UR says what it is missing (a clean image records nothing here)
             provenance = dict(provenance or {}, unreadable=len(model.unreadable), unreadable_parts=model.unreadable[:50])
-        return self._build(node_class, mr, model.root_class, provenance)
+        reach = CodeReach(self.py)
+        state = self._state_classes([node.address for node in model.modules], set(node_class.values()), reach)
+        return self._build(node_class, mr, model.root_class, provenance, extra_classes=state, reach=reach)
+
+    def _state_classes(self, layers: Iterable[int], layer_classes: Set[int], reach: CodeReach) -> Set[int]:
+        """Classes of the deployment's own code whose instances the layers hold as attributes (directly
+        or in a list, tuple or dict): a wrapper's dataclass config, a custom tokenizer or scheduler
+        that forward reads.  Only deployment code (``CodeReach.is_deployment_module``): what an
+        installed package's layers hold is the package's business and stays out of its fingerprint."""
+        found: Set[int] = set()
+        for layer in layers:
+            try:
+                values = list(self.py.heap.instance_dict(layer).values())
+            except DECODE_ERRORS:
+                continue
+            for value in values[:STATE_ATTRIBUTES]:
+                try:
+                    kind = self.o.base_kind(value)
+                    if kind in ("list", "tuple"):
+                        items = self.o.list_items(value) if kind == "list" else self.o.tuple_items(value)
+                    elif kind == "dict":
+                        items = [v for _, v in self.o.dict_items(value)]
+                    else:
+                        items = [value]
+                    for item in items[:STATE_ATTRIBUTES]:
+                        if self.o.kind(item) != "heap":
+                            continue
+                        type_addr = self._type(item)
+                        if type_addr in layer_classes or type_addr in found:
+                            continue
+                        info = self.py.read_class(type_addr)
+                        if reach.is_deployment_module(info.module):
+                            found.add(type_addr)
+                except DECODE_ERRORS:
+                    continue
+        return found
 
     def plain_object(self, root: int, provenance: Optional[dict] = None) -> ModelFingerprint:
         """A model that is not an nn.Module: the classes of the root and of what its attributes hold."""
@@ -242,8 +278,9 @@ class Fingerprinter:
         return found
 
     def _build(self, node_class: Dict[str, int], mr: Optional[MathematicalRepresentation], root_class: str,
-               provenance: Optional[dict], extra_classes: Iterable[int] = ()) -> ModelFingerprint:
-        reach = CodeReach(self.py)
+               provenance: Optional[dict], extra_classes: Iterable[int] = (),
+               reach: Optional[CodeReach] = None) -> ModelFingerprint:
+        reach = reach or CodeReach(self.py)
         starts = sorted(set(node_class.values()) | set(extra_classes))
         reached = reach.walk(starts)
         pr, keys = program_representation(self.py, reached, self.with_source)
