@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import cache, catalog, cores, guest, interpreters, system
-from .deployed import WRITER, Planned
+from .deployed import DEPLOY_DIR, WRITER, Planned
 from .errors import BuildError
 
 HARNESS_VERSION = 1
@@ -60,7 +60,7 @@ def plan(deployment: catalog.Deployment, create: bool = True) -> List[Planned]:
 
 def image_inputs(deployment: catalog.Deployment, kind: str, planned: List[Planned]) -> dict:
     scripts = sorted({p.script for p in planned} | {WRITER})
-    return {
+    inputs = {
         "harness_version": HARNESS_VERSION,
         "kind": kind,
         "deployment": dataclasses.asdict(deployment),
@@ -69,6 +69,28 @@ def image_inputs(deployment: catalog.Deployment, kind: str, planned: List[Planne
         "environments": [p.static_environment() for p in planned],
         "kind_inputs": _kind_inputs(kind),
     }
+    folders = folder_files(p.script for p in planned)
+    if folders:  # only scripts in a folder of their own have this key: the other images keep theirs
+        inputs["folder_files"] = folders
+    return inputs
+
+
+def folder_files(scripts) -> Dict[str, str]:
+    """A script in a sub-folder of deploy/ (practice/<model>/serve.py) runs with the files beside it
+    (local modules, packages, files it loads by path) and the shared helpers of the folders above it:
+    every one of them, by path under deploy/, with its sha256."""
+    out: Dict[str, str] = {}
+    for script in scripts:
+        relative = script.relative_to(DEPLOY_DIR)
+        if len(relative.parts) < 2:
+            continue
+        for path in sorted(script.parent.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                out[str(path.relative_to(DEPLOY_DIR))] = cache.file_sha256(path)
+        for folder in list(relative.parents)[1:-1]:  # the folders between deploy/ and the script's own
+            for path in sorted((DEPLOY_DIR / folder).glob("*.py")):
+                out[str(path.relative_to(DEPLOY_DIR))] = cache.file_sha256(path)
+    return out
 
 
 def _kind_inputs(kind: str) -> dict:

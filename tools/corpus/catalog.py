@@ -91,6 +91,7 @@ def _entries():
     yield from _micrograd_entries()
     yield from _family_entries()
     yield from _trained_entries()
+    yield from _practice_entries()
 
 
 # model_zoo.py --model NAME -> (deployment name, description, guest MiB).  The guest memory is measured
@@ -270,6 +271,69 @@ def _trained_entries():
         )
 
 
+# The second, independent evaluation set: derivatives deployed the way practitioners write them, each
+# a folder deploy/practice/<model>/ whose serve.py is run as __main__ with its own files beside it
+# (code in the script, local modules and packages, code loaded by path or exec, monkeypatching,
+# subclasses, wrappers; docs/corpus.md "Deployments shaped like real ones").  Every file of the folder
+# is part of the image key.  Rows: (model, deployment name, shape, description, guest MiB, kinds, base).
+# The ground truth's custom_code section lists the classes the deployment adds and changes.
+PRACTICE_KINDS = ("core",)
+PRACTICE_MODELS = (
+    ("resnet-mainwrap", "resnet-mainwrap-3.11", "script",
+     "timm resnet18 whose BasicBlocks are wrapped by a class of the serving script (__main__)", 768, PRACTICE_KINDS,
+     "resnet-base"),
+    ("resnet-methodpatch", "resnet-methodpatch-3.11", "monkeypatch-method",
+     "timm resnet18 with BasicBlock.forward replaced by a function of the script (pre-activation scaling)", 768,
+     PRACTICE_KINDS, "resnet-base"),
+    ("resnet-callables", "resnet-callables-3.11", "callables",
+     "timm resnet18 with a gate layer made by type(), functools.partial, lambda and closure attributes", 768,
+     PRACTICE_KINDS, "resnet-base"),
+    ("mobilenetv2-localmods", "mobilenetv2-localmods-3.11", "local-modules",
+     "timm mobilenetv2_100 with blocks from plain modules beside the script (common.py, utils/blocks.py)", 768,
+     PRACTICE_KINDS, "mobilenetv2-base"),
+    ("mobilenetv2-notebook", "mobilenetv2-notebook-3.11", "notebook",
+     "timm mobilenetv2_100 customised by notebook-style cells compiled as <ipython-input-...>", 768,
+     PRACTICE_KINDS, "mobilenetv2-base"),
+    ("nanogpt-subclass", "nanogpt-subclass-3.11", "subclass",
+     "class MyGPT(GPT) in the script: a rewritten forward and new attention classes", 896, PRACTICE_KINDS,
+     "nanogpt-base"),
+    ("nanogpt-exec", "nanogpt-exec-3.11", "exec",
+     "nano-gpt GPT whose MLPs are replaced by a class exec'd from a source string into a new module", 896,
+     PRACTICE_KINDS, "nanogpt-base"),
+    ("llama2-globalpatch", "llama2-globalpatch-3.11", "monkeypatch-global",
+     "llama-models' FeedForward rebound to a class of a local package before the Transformer is built", 640,
+     PRACTICE_KINDS, "llama2-base"),
+    ("llama2-wrapper", "llama2-wrapper-3.11", "wrapper",
+     "a custom root holding llama-models' Transformer, with a dataclass config (exec-made methods)", 640,
+     PRACTICE_KINDS, "llama2-base"),
+    ("yolov5-hubconf", "yolov5-hubconf-3.11", "load-by-path",
+     "yolov5s customised by a hubconf.py loaded from a cache directory with spec_from_file_location", 1024,
+     PRACTICE_KINDS, "yolov5-base"),
+    ("yolov8-runpy", "yolov8-runpy-3.11", "runpy",
+     "yolov8n with blocks defined in a file run by runpy.run_path; no numerics variables set", 768,
+     PRACTICE_KINDS, "yolov8-base"),
+    ("yolov7-selfimport", "yolov7-selfimport-3.11", "script-imported-twice",
+     "yolov7 with a block from the script, which a local helper module imports again under its own name", 1280,
+     PRACTICE_KINDS, "yolov7-base"),
+)
+
+
+def practice_models() -> Dict[str, Tuple[str, str]]:
+    """Deployment name -> (the model name of its base, shape) for the practice set."""
+    return {name: (base, shape) for _, name, shape, _, _, _, base in PRACTICE_MODELS}
+
+
+def _practice_entries():
+    for model, name, shape, description, memory, kinds, base in PRACTICE_MODELS:
+        yield Deployment(
+            name,
+            "practice/%s/serve.py: %s (%s derivative of %s)" % (model, description, shape, base),
+            (Process("practice/%s/serve.py" % model, "torch-family-3.11"),),
+            kinds,
+            guest_memory_mib=memory,
+        )
+
+
 CATALOGUE: Dict[str, Deployment] = {d.name: d for d in _entries()}
 
 
@@ -311,4 +375,6 @@ def expected_attributions() -> Dict[str, Tuple[str, str]]:
     for deployment, (family, role, _) in MICROGRAD_MODELS.items():
         out[deployment] = (family, role)
     out.update(trained_models())
+    for deployment, (base_model, _) in practice_models().items():
+        out[deployment] = (library_name[base_model + "-3.11"], "derivative")
     return out
