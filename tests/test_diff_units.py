@@ -161,10 +161,6 @@ def test_an_inserted_block_is_added_and_later_blocks_keep_their_counterparts():
     assert changes == {("added", "body.1", None, ()), ("changed", "body", "body", ("children",))}
 
 
-@pytest.mark.xfail(strict=True, reason="diff._align_layers pairs numbered children with difflib.SequenceMatcher, "
-                                       "which matches the longest contiguous run first, not the longest common "
-                                       "subsequence its docstring promises: a block inserted into a run of blocks "
-                                       "of one class shifts the pairing (extra added and removed blocks)")
 def test_a_block_inserted_into_a_run_of_one_class_is_the_only_layer_added():
     tree = layers(blocks=("m.Block", "m.Attention", "m.Block", "m.Block"), planes=(4, 4, 8, 16))
     changes = {(c.kind, c.path, c.base_path) for c in diff_models(model(tree=tree), BASE).layer_changes}

@@ -19,7 +19,6 @@ which the base does not define under that name: kind "changed" with no differing
 docs/patchgen.md describes the JSON form (``DIFF_SCHEMA_VERSION``).
 """
 
-import difflib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -402,14 +401,37 @@ def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: D
             t_classes = [renamed.get(t_layers[t_prefix + c].class_key, t_layers[t_prefix + c].class_key)
                          if t_prefix + c in t_layers else "" for c in t_numbered]
             b_classes = [b_layers[b_prefix + c].class_key if b_prefix + c in b_layers else "" for c in b_numbered]
-            matcher = difflib.SequenceMatcher(None, t_classes, b_classes, autojunk=False)
-            for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-                if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
-                    pairs += list(zip(t_numbered[i1:i2], b_numbered[j1:j2]))
+            pairs += [(t_numbered[i], b_numbered[j]) for i, j in _lcs_pairs(t_classes, b_classes)]
         for t_child, b_child in pairs:
             if t_prefix + t_child in t_layers and b_prefix + b_child in b_layers and t_prefix + t_child not in mapping:
                 pending.append((t_prefix + t_child, b_prefix + b_child))
     return mapping
+
+
+def _lcs_pairs(t_classes: List[str], b_classes: List[str]) -> List[Tuple[int, int]]:
+    """Index pairs of two class sequences: the longest common subsequence (rapidfuzz's LCS opcodes,
+    not difflib's longest-contiguous-run heuristic, which a block inserted into a run of one class
+    derails), and between two matches, runs of equal length paired in order (blocks swapped one for
+    one)."""
+    pairs: List[Tuple[int, int]] = []
+    gap_t: List[int] = []
+    gap_b: List[int] = []
+
+    def close_gap():
+        if gap_t and len(gap_t) == len(gap_b):
+            pairs.extend(zip(gap_t, gap_b))
+        gap_t.clear()
+        gap_b.clear()
+
+    for op in LCSseq.opcodes(t_classes, b_classes):
+        if op.tag == "equal":
+            close_gap()
+            pairs.extend(zip(range(op.src_start, op.src_end), range(op.dest_start, op.dest_end)))
+        else:
+            gap_t.extend(range(op.src_start, op.src_end))
+            gap_b.extend(range(op.dest_start, op.dest_end))
+    close_gap()
+    return pairs
 
 
 def _base_root_in(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: Dict[str, str]) -> str:
