@@ -227,3 +227,19 @@ def test_a_wrapped_base_model_aligns_with_the_base_and_only_the_wrapper_is_added
     target = model(extra=serving, extra_classes=[class_of("w.Serving", serving)], tree=wrapped)
     d = diff_models(target, BASE)
     assert {(c.kind, c.path) for c in d.layer_changes} == {("added", "")}
+
+
+def test_a_block_wrapped_in_place_aligns_with_the_base_block():
+    """body[1] = Wrapper(block): the block inside the wrapper pairs with the base's body.1; the wrapper
+    is the one layer added, and body's children changed."""
+    tree = layers()
+    wrapped = []
+    for node in tree:
+        if node.path == "body.1":
+            wrapped.append(layer("body.1", "w.Wrapper", ["inner"]))
+            wrapped.append(replace(node, path="body.1.inner"))
+        else:
+            wrapped.append(node)
+    d = diff_models(model(tree=wrapped), BASE)
+    assert {(c.kind, c.path, c.base_path) for c in d.layer_changes} == {("added", "body.1", None),
+                                                                         ("changed", "body", "body")}

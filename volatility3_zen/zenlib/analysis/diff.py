@@ -389,8 +389,12 @@ def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: D
     pending = [(_base_root_in(t_layers, b_layers, renamed), "")] if "" in t_layers and "" in b_layers else []
     while pending:
         t_path, b_path = pending.pop()
-        mapping[t_path] = b_path
         t, b = t_layers[t_path], b_layers[b_path]
+        inner = _wrapped(t, t_layers, b.class_key, renamed)
+        if inner is not None:  # a wrapper put in the base layer's place: the layer it holds is the base's
+            pending.append((inner, b_path))
+            continue
+        mapping[t_path] = b_path
         t_prefix, b_prefix = (t_path + ".") if t_path else "", (b_path + ".") if b_path else ""
         t_named = [c for c in t.children if not c.isdigit()]
         b_named = set(c for c in b.children if not c.isdigit())
@@ -406,6 +410,17 @@ def _align_layers(t_layers: Dict[str, Any], b_layers: Dict[str, Any], renamed: D
             if t_prefix + t_child in t_layers and b_prefix + b_child in b_layers and t_prefix + t_child not in mapping:
                 pending.append((t_prefix + t_child, b_prefix + b_child))
     return mapping
+
+
+def _wrapped(layer, layers: Dict[str, Any], base_class: str, renamed: Dict[str, str]) -> Optional[str]:
+    """The path of the one child of ``layer`` whose class is ``base_class``, where ``layer`` itself is
+    of another class (``layer1[0] = ScaledResidual(block)``); else None."""
+    if renamed.get(layer.class_key, layer.class_key) == base_class:
+        return None
+    prefix = layer.path + "." if layer.path else ""
+    inner = [prefix + c for c in layer.children
+             if prefix + c in layers and renamed.get(layers[prefix + c].class_key, layers[prefix + c].class_key) == base_class]
+    return inner[0] if len(inner) == 1 else None
 
 
 def _lcs_pairs(t_classes: List[str], b_classes: List[str]) -> List[Tuple[int, int]]:
