@@ -13,6 +13,8 @@ version is refused; the changed code objects replace the code of the base's live
 added classes and functions are made from their code objects and put into their modules (created
 where this environment lacks them), with the module globals their code reads; then the model object
 is rebuilt from its recorded state (no constructor runs) and its tensors loaded from the bundle.
+The image's numerics (context.json: the kernel and thread variables, torch's thread count, the CPU
+capability) are applied by default, the environment before torch is imported (``numerics.py``).
 
 Only the standard library, torch and (if installed) safetensors are imported: neither Volatility
 nor the rest of volatility3_zen needs to be installed here.
@@ -24,8 +26,10 @@ from typing import Any, List, Optional
 from .bundle import PatchBundle, ReuseError
 from .decode import Decoder
 from .inject import Injector, Plan, make_plan
+from .numerics import NumericsPlan, apply_environment, apply_torch, plan_numerics
 
-__all__ = ["PatchBundle", "ReuseError", "Plan", "Rebuilt", "open_bundle", "plan", "rebuild", "load"]
+__all__ = ["PatchBundle", "ReuseError", "Plan", "Rebuilt", "NumericsPlan", "open_bundle", "plan", "rebuild", "load",
+           "numerics_plan"]
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Rebuilt:
     model: Any  # the torch.nn.Module (or plain object) that was rebuilt
     plan: Plan
     warnings: List[str] = field(default_factory=list)
+    numerics: List[str] = field(default_factory=list)  # the image's numerics as applied here (docs/reuse.md)
+    numerics_warnings: List[str] = field(default_factory=list)  # what could not be applied (also in warnings)
 
 
 def open_bundle(path: str, expect_sha256: Optional[str] = None) -> PatchBundle:
@@ -47,13 +53,29 @@ def plan(path: str, expect_sha256: Optional[str] = None) -> Plan:
     return make_plan(open_bundle(path, expect_sha256))
 
 
-def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True) -> Rebuilt:
+def numerics_plan(path: str, expect_sha256: Optional[str] = None) -> NumericsPlan:
+    """What the rebuild would set up of the image's numerics (environment, threads, CPU capability)."""
+    return plan_numerics(open_bundle(path, expect_sha256).context())
+
+
+def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, numerics: bool = True) -> Rebuilt:
     """Inject the bundle's code and rebuild its model.  ``patch=False`` rebuilds from the recorded
-    state without injecting anything: how the base environment alone fares (the control)."""
+    state without injecting anything: how the base environment alone fares (the control).
+
+    ``numerics`` (the default) applies the image's numerics from context.json: the environment
+    variables that choose kernels and threads (only if torch is not imported yet; otherwise their
+    differences are warnings), then torch's thread count, and checks the CPU capability.  Import
+    torch after this call, or call it first, for the rebuilt model to run the image's kernels."""
     bundle = open_bundle(path, expect_sha256)
     if not bundle.has("objects.json"):
         raise ReuseError(f"{path}: the bundle holds no object state (a plain-Python model, or the state was "
                          "unreadable in the image); there is no model to rebuild")
+    applied: List[str] = []
+    numerics_warnings: List[str] = []
+    numerics_plan_ = plan_numerics(bundle.context()) if numerics else None
+    if numerics_plan_ is not None:
+        applied, numerics_warnings = apply_environment(numerics_plan_)
+        applied += numerics_plan_.notes
     doc = bundle.json("objects.json")
     files = {}
 
@@ -68,9 +90,24 @@ def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True) 
     else:
         done = Plan(notes=["not patched: the base environment as it is"])
     model = decoder.value(doc["root"], "(root)")
-    return Rebuilt(model, done, list(doc.get("warnings", [])) + decoder.warnings)
+    if numerics_plan_ is not None:
+        done_torch, warnings_torch = apply_torch(numerics_plan_)
+        applied += done_torch
+        numerics_warnings += warnings_torch
+    else:
+        applied.append("not applied: the environment, threads and kernels are this process's")
+    return Rebuilt(model, done, list(doc.get("warnings", [])) + decoder.warnings + numerics_warnings, applied,
+                   numerics_warnings)
 
 
-def load(path: str, expect_sha256: Optional[str] = None) -> Any:
-    """The rebuilt model (an ordinary nn.Module: hooks, gradients and attacks work on it)."""
-    return rebuild(path, expect_sha256).model
+def load(path: str, expect_sha256: Optional[str] = None, numerics: bool = True) -> Any:
+    """The rebuilt model (an ordinary nn.Module: hooks, gradients and attacks work on it).  With
+    ``numerics``, the image's thread count is set and, where torch is not imported yet, its kernel
+    settings (``rebuild``); warnings go to ``warnings.warn``."""
+    result = rebuild(path, expect_sha256, numerics=numerics)
+    if numerics:
+        import warnings as _warnings
+
+        for text in result.numerics_warnings:
+            _warnings.warn(text, RuntimeWarning, stacklevel=2)
+    return result.model

@@ -1,4 +1,5 @@
-"""python -m volatility3_zen.reuse BUNDLE [--dry-run] [--expect-sha256 HEX] [--input SPEC.json] [--no-patch] [--setup FILE]"""
+"""python -m volatility3_zen.reuse BUNDLE [--dry-run] [--expect-sha256 HEX] [--input SPEC.json] [--expect-output FILE]
+[--no-patch] [--no-numerics] [--setup FILE]"""
 
 import argparse
 import hashlib
@@ -8,6 +9,9 @@ import sys
 
 from . import ReuseError, open_bundle, rebuild
 from .inject import make_plan
+from .numerics import apply_environment, compare_output, describe, load_expected, plan_numerics
+
+OUTPUT_DIFFERS = 2  # exit status: rebuilt, but the output is not the reference (--expect-output)
 
 
 def make_input(spec: dict):
@@ -50,44 +54,76 @@ def main(argv=None) -> int:
     parser.add_argument("--fgsm", type=float, metavar="EPS", help="with --input: a white-box demonstration, FGSM with this "
                         "epsilon on 64 inputs of the input's shape (hooks and gradients on the rebuilt model)")
     parser.add_argument("--setup", metavar="FILE", help="a Python file run first: what the base environment needs "
-                        "before its package imports (e.g. a distributed process group)")
+                        "before its package imports (e.g. a distributed process group); runs after the numerics "
+                        "environment is set")
+    parser.add_argument("--no-numerics", action="store_true", help="do not apply the image's numerics (its kernel "
+                        "and thread environment variables, torch's thread count, the CPU capability): run with this "
+                        "process's")
+    parser.add_argument("--expect-output", metavar="FILE", help="with --input: compare the output with a reference "
+                        "(.npy, .safetensors, or JSON: a list of float.hex strings or numbers, or {values_hex, shape}); "
+                        f"print whether it is identical or the largest differences; exit status {OUTPUT_DIFFERS} "
+                        "when it differs")
     args = parser.parse_args(argv)
     try:
-        if args.setup:
-            runpy.run_path(args.setup, run_name="__zen_setup__")
+        if args.expect_output and not args.input:
+            raise ReuseError("--expect-output needs --input (the input to run the model on)")
+        # Nothing here imports torch before the numerics environment is set (the setup file may).
         bundle = open_bundle(args.bundle, args.expect_sha256)
         manifest = bundle.manifest
         print(f"bundle {args.bundle}: manifest sha256 {bundle.sha256}, {len(bundle.members)} members verified")
         print(f"model {manifest['target'].get('root_class')} from PID {manifest['target'].get('pid')} "
               f"({manifest['target'].get('process')}), base {manifest['base']['name']} "
               f"({manifest['base'].get('source') or 'source unknown'}), CPython {manifest['python_version']}")
+        numerics = None if args.no_numerics else plan_numerics(bundle.context())
         if args.dry_run:
             plan = make_plan(bundle)
             for note in plan.notes:
                 print(f"note: {note}")
             for action in plan.actions:
                 print(f"would {action}")
+            if numerics is not None:
+                for line in describe(numerics):
+                    print(f"numerics: would {line}")
+                for note in numerics.notes:
+                    print(f"numerics: {note}")
             print(f"dry run: {len(plan.actions)} actions, nothing changed")
             return 0
-        result = rebuild(args.bundle, args.expect_sha256, patch=not args.no_patch)
+        if numerics is not None:
+            done, warnings = apply_environment(numerics)
+            for line in done or ([f"environment already as in the image ({len(numerics.environ)} variables)"]
+                                 if numerics.environ else []):
+                print(f"numerics: {line}")
+            for line in warnings:
+                print(f"warning: {line}")
+        if args.setup:
+            runpy.run_path(args.setup, run_name="__zen_setup__")
+        result = rebuild(args.bundle, args.expect_sha256, patch=not args.no_patch, numerics=not args.no_numerics)
         for note in result.plan.notes:
             print(f"note: {note}")
         for action in result.plan.actions:
             print(f"done {action}")
+        for line in result.numerics:
+            print(f"numerics: {line}")
         for warning in result.warnings:
             print(f"warning: {warning}")
         model = result.model
         parameters = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
         print(f"rebuilt {type(model).__module__}.{type(model).__qualname__}: {parameters} parameters")
+        status = 0
         if args.input:
             with open(args.input) as handle:
                 spec = json.load(handle)
+            expected = load_expected(args.expect_output) if args.expect_output else None
             output = run_input(model, spec)
             print(f"output {list(output.shape)} {str(output.dtype).replace('torch.', '')} sha256 {tensor_sha256(output)}")
+            if expected is not None:
+                comparison = compare_output(output, expected)
+                print(comparison.text())
+                status = 0 if comparison.identical else OUTPUT_DIFFERS
             if args.fgsm is not None:
                 from .whitebox import fgsm_demo
                 print(fgsm_demo(model, spec, args.fgsm))
-        return 0
+        return status
     except ReuseError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

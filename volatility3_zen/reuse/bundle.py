@@ -100,6 +100,11 @@ class PatchBundle:
                 notes.append(f"the base package {name} is {installed} here, {version} in the base fingerprint")
         return notes
 
+    def context(self) -> Dict[str, Any]:
+        """context.json (the execution context of the image), {} where the bundle has none."""
+        context = self.json("context.json") if self.has("context.json") else {}
+        return context if isinstance(context, dict) else {}
+
     # -- code --------------------------------------------------------------------------------------------
     def code_entries(self) -> Dict[str, Dict[str, Any]]:
         return {e["function_id"]: e for e in self.json("code.json")["code_objects"]} if self.has("code.json") else {}

@@ -263,9 +263,10 @@ def _torch_parts(python: PythonProcess, torch_process: Optional[TorchProcess], r
     except DECODE_ERRORS as exc:
         warnings.append(f"model at 0x{root:x}: weights not exported ({exc})")
         return _TorchParts(target.provenance.get("torch"), context)
-    execution = torch_process.execution_context()
+    execution = torch_process.execution_context(numerics=True)
     context.update(torch_version=execution.torch_version, packages=dict(execution.packages),
-                   requirements=execution.requirements(), native_libraries=list(execution.native_libraries))
+                   requirements=execution.requirements(), native_libraries=list(execution.native_libraries),
+                   numerics=dataclasses.asdict(execution.numerics))
     parts = _TorchParts(execution.torch_version, context)
     if model is None:
         warnings.append(f"model at 0x{root:x}: no nn.Module there any more; weights not exported")

@@ -246,6 +246,41 @@ def _value_text(encoded: Any) -> str:
         return json.dumps(encoded, sort_keys=True, default=str)
 
 
+def _numerics_section(context: Optional[Dict[str, Any]]) -> str:
+    """The numerics of the process (context.json ``numerics``): what reuse applies so that the rebuilt
+    model runs the same kernels with the same threads."""
+    numerics = context.get("numerics") if isinstance(context, dict) else None
+    if not isinstance(numerics, dict):
+        return '<p class="note">Not recorded (no execution context, or a plain-Python model).</p>'
+
+    def sourced(value: Any, source: Any) -> str:
+        return _e(value) + (f' <span class="note">({_e(source)})</span>' if source else "")
+
+    called = numerics.get("set_num_threads")
+    rows = [
+        ("CPU capability (ATen kernels)", sourced(numerics.get("cpu_capability"), numerics.get("cpu_capability_source"))),
+        ("torch threads", sourced(numerics.get("torch_threads"), numerics.get("torch_threads_source"))),
+        ("torch.set_num_threads", _e("never called" if called is None else called)),
+        ("OpenMP default threads", _e(numerics.get("openmp_default_threads"))),
+        ("environment read from", _e(numerics.get("environ_source") or "-")),
+    ]
+    environ = numerics.get("environ")
+    if isinstance(environ, dict):
+        set_vars = [f"{k}={v}" for k, v in environ.items() if v is not None]
+        rows.append(("variables set", _e(", ".join(set_vars) if set_vars else "none of the numerics variables")))
+        rows.append(("variables not set", _e(", ".join(k for k, v in environ.items() if v is None) or "-")))
+    else:
+        rows.append(("variables", _e(environ)))
+    other = numerics.get("environ_other")
+    if isinstance(other, dict) and other:
+        rows.append(("related variables (not applied)", _e(", ".join(f"{k}={v}" for k, v in other.items()))))
+    notes = numerics.get("notes") if isinstance(numerics.get("notes"), list) else []
+    return (_kv(rows) + ("<h3>Notes</h3>" + _list(notes, "warn") if notes else "")
+            + '<p class="note"><code>python -m volatility3_zen.reuse</code> sets these before torch is imported '
+            "(<code>--no-numerics</code> skips it): without the same kernels and thread count, a rebuilt model's output can differ in its last "
+            "bits.</p>")
+
+
 def _attribution_table(result: attribution.Attribution) -> str:
     out = ['<table class="data" id="attribution"><tr><th>rank</th><th>base</th><th>MR</th><th>PR</th><th>UR</th>'
            "<th>candidate</th><th>exact matches</th><th>matched</th><th>added (Δ)</th><th>removed</th></tr>"]
@@ -340,13 +375,15 @@ def _changes_table(model_diff: diff.ModelDiff, anchors: Dict[int, str]) -> str:
 # -- the page ----------------------------------------------------------------------------------------------
 def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, result: attribution.Attribution,
                 model_diff: diff.ModelDiff, *, image: Optional[str] = None, bundle: Optional[str] = None,
-                warnings: Sequence[str] = (), weights: similarity.Weights = similarity.DEFAULT_WEIGHTS) -> str:
+                warnings: Sequence[str] = (), weights: similarity.Weights = similarity.DEFAULT_WEIGHTS,
+                context: Optional[Dict[str, Any]] = None) -> str:
     """The report of one model root as one HTML document (a str; encode as UTF-8).
 
     ``target`` is the recovered model's UR (its provenance gives PID, process, root and root class),
     ``base`` the winning base's UR, ``result`` the attribution against the library and ``model_diff``
     the diff against ``base``.  ``image`` names the memory image, ``bundle`` the patch bundle written
-    next to the report, ``warnings`` what the caller adds (such as why no bundle was written).
+    next to the report, ``warnings`` what the caller adds (such as why no bundle was written),
+    ``context`` the bundle's context.json (its ``numerics`` get a section).
     """
     prov = target.provenance
     root = prov.get("root")
@@ -419,6 +456,8 @@ def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, resu
         f"<h1>{_e(title)}</h1>",
         '<section id="summary"><h2>Summary</h2>', summary,
         "<h3>Warnings and notes</h3>", _list(all_warnings, "warn"), "</section>",
+        ('<section id="numerics"><h2>Numerics of the process</h2>' + _numerics_section(context) + "</section>"
+         if context is not None else ""),
         '<section id="scores"><h2>Attribution</h2>',
         '<p class="note">UR = 0.5·MR + 0.5·PR (PR alone without an MR); only candidates (bases that share '
         "enough byte-identical code, docs/attribution.md) can win. Cells are shaded by score.</p>",

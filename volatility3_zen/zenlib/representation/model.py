@@ -6,7 +6,7 @@ tensor's bytes (``TensorReader.read_bytes``).
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .program import decode_const, encode_const
 
@@ -60,7 +60,8 @@ class TensorInfo:
         return True
 
 
-MODEL_SCHEMA_VERSION = 1
+# 2: ``execution_context`` has ``numerics`` (the kernels' and threads' settings of the process).
+MODEL_SCHEMA_VERSION = 2
 
 
 def encode_value(value: Any) -> Optional[Dict[str, Any]]:
@@ -123,12 +124,53 @@ class TensorEntry:
     warning: Optional[str] = None
 
 
+UNKNOWN = "unknown"  # a numerics value that memory did not tell (never a guess)
+
+# Environment variables that choose the CPU (and GPU) kernels or the number of threads, and so can
+# change a model's output in its last bits.  The numerics reader records each as its value or None
+# (not set in the process); reuse sets or unsets exactly these names, never others.
+NUMERICS_VARIABLES = (
+    # threads: OpenMP (libgomp, Intel's libiomp5), MKL, OpenBLAS
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC", "MKL_DYNAMIC", "OMP_THREAD_LIMIT", "OPENBLAS_NUM_THREADS",
+    # which kernels: ATen's vectorised kernels, oneDNN, MKL, OpenBLAS, Intel OpenMP's reductions
+    "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "DNNL_CPU_ISA_HINTS", "ONEDNN_CPU_ISA_HINTS",
+    "DNNL_DEFAULT_FPMATH_MODE", "ONEDNN_DEFAULT_FPMATH_MODE", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DEBUG_CPU_TYPE", "OPENBLAS_CORETYPE", "KMP_DETERMINISTIC_REDUCTION",
+    # GPU: cuBLAS's reduction order and TF32
+    "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+)
+# Set variables with these prefixes are recorded too (``environ_other``), for the investigator; reuse
+# does not apply them.
+NUMERICS_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "ATEN_", "OPENBLAS_")
+# ATen's CPUCapability (x86_64 builds): the value of at::native::get_cpu_capability()'s static, and the
+# name torch.backends.cpu.get_cpu_capability() gives it; ATEN_CPU_CAPABILITY takes the lower-case name.
+CPU_CAPABILITIES = ("DEFAULT", "AVX2", "AVX512")
+
+
+@dataclass
+class Numerics:
+    """What decided the kernels and threads of the process (docs/patchgen.md, context.json).  A value
+    memory did not tell is ``UNKNOWN``; each ``*_source`` says where a value was read."""
+
+    environ: Union[Dict[str, Optional[str]], str] = UNKNOWN  # NUMERICS_VARIABLES -> value, None when not set
+    environ_source: str = ""
+    environ_other: Dict[str, str] = field(default_factory=dict)  # other set variables with NUMERICS_PREFIXES
+    torch_threads: Union[int, str] = UNKNOWN  # torch.get_num_threads() of the main thread
+    torch_threads_source: str = ""
+    set_num_threads: Union[int, None, str] = UNKNOWN  # the last torch.set_num_threads(n); None: never called
+    openmp_default_threads: Union[int, str] = UNKNOWN  # OpenMP's initial nthreads-var (OMP_NUM_THREADS or the CPUs)
+    cpu_capability: str = UNKNOWN  # one of CPU_CAPABILITIES
+    cpu_capability_source: str = ""
+    notes: List[str] = field(default_factory=list)
+
+
 @dataclass
 class ExecutionContext:
     python_version: str
     torch_version: str
     packages: Dict[str, str]  # top-level modules exposing __version__
     native_libraries: List[str]  # mapped shared objects
+    numerics: Optional[Numerics] = None  # read on request (TorchProcess.execution_context(numerics=True))
 
     def requirements(self) -> List[str]:
         return [f"{name}=={version}" for name, version in sorted(self.packages.items())]

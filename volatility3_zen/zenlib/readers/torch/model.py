@@ -11,10 +11,11 @@ import hashlib
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from ...errors import CorruptObjectError, NoPythonError, UnsupportedVersionError
-from ...representation.model import ExecutionContext, RecoveredModel, ModuleNode, TensorEntry, encode_value
+from ...representation.model import ExecutionContext, Numerics, RecoveredModel, ModuleNode, TensorEntry, encode_value
 from ..cpython.objects import DECODE_ERRORS
 from ..cpython.recover import PythonProcess
 from .layouts import load_torch_layout
+from .numerics import read_numerics
 from .tensors import TensorDataUnavailableError, TensorReader
 
 MODULE_CLASS = ("torch.nn.modules.module", "Module")
@@ -51,6 +52,7 @@ class TorchProcess:
         self.tensors = TensorReader(python.memory, load_torch_layout(self.torch_version))
         self.module_class = self._module_class()
         self._is_module_type: Dict[int, bool] = {}
+        self._numerics: Optional[Numerics] = None
 
     def _namespace(self, module_name: str) -> Dict[str, int]:
         return self.o.module_namespace(self.module_addrs[module_name])
@@ -318,7 +320,10 @@ class TorchProcess:
             self._warn(f"module {where}: {what} unreadable ({exc}); taken as empty")
             return empty
 
-    def execution_context(self) -> ExecutionContext:
+    def execution_context(self, numerics: bool = False) -> ExecutionContext:
+        """Versions, packages and native libraries; with ``numerics``, also what decided the kernels
+        and threads (``readers/torch/numerics.py``: environment, thread count, CPU capability; read
+        once per process, it scans for the threads' TCBs)."""
         packages = {}
         for name in sorted(self.module_addrs):
             if "." in name or not self._installed_package(name):
@@ -327,7 +332,12 @@ class TorchProcess:
             if version:
                 packages[name] = version
         native = sorted({r.path for r in self.py.memory.regions if r.path.endswith(".so") or ".so." in r.path})
-        return ExecutionContext(self.py.runtime.version, self.torch_version, packages, native)
+        context = ExecutionContext(self.py.runtime.version, self.torch_version, packages, native)
+        if numerics:
+            if self._numerics is None:
+                self._numerics = read_numerics(self.py)
+            context.numerics = self._numerics
+        return context
 
 
 def graph_edges(model: RecoveredModel) -> List[Tuple[str, str, str]]:
