@@ -22,19 +22,22 @@ the CPU capability ATen chose.
   chosen kernels cannot be read off the stubs.)
 
 The static variables are local symbols (in ``.symtab``, which is not loaded), so they are found through
-the code of exported functions: a few x86_64 instruction forms, each operand checked to land in a
-writable segment of the same library and each value checked to be in range.  Whatever does not match
-is ``UNKNOWN`` with a note saying why; nothing is guessed.  Not recovered: MKL's and oneDNN's own
-thread counts and instruction-set choices (static in libtorch_cpu, with no exported function whose
-code leads to them); they follow the environment and torch's thread count.
+the code of exported functions: capstone decodes their first x86_64 instructions (with operand detail),
+and a few instruction forms are looked for among them (a load from ``[rip + disp32]``, a guard-byte
+test, a ``fs:``-relative load ...), RIP-relative operands resolved against the next instruction's
+address.  Each operand is checked to land in a writable segment of the same library and each value to
+be in range.  Whatever does not match is ``UNKNOWN`` with a note saying why; nothing is guessed.
+Not recovered: MKL's and oneDNN's own thread counts and instruction-set choices (static in
+libtorch_cpu, with no exported function whose code leads to them); they follow the environment and
+torch's thread count.
 """
 
-import re
-import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+import capstone
 import numpy
+from capstone import x86
 
 from ...errors import CorruptObjectError, MemoryReadError
 from ...representation.model import CPU_CAPABILITIES, NUMERICS_PREFIXES, NUMERICS_VARIABLES, UNKNOWN, Numerics
@@ -61,35 +64,34 @@ SMALL_REGION = 256 << 10
 STACK_TOP = 64 << 10
 GLIBC_TID_OFFSET = 0x2D0  # struct pthread.tid in glibc 2.34+ (x86_64): used only to tell the main thread
 
-_ENDBR64 = b"\xf3\x0f\x1e\xfa"
-# ModRM mod=00 rm=101: [rip + disp32], with any register (0x2d is "-": escaped, not a range)
-_RIP = b"[" + b"".join(re.escape(bytes([0x05 | reg << 3])) for reg in range(8)) + b"]"
+# -- the code of exported functions, decoded by capstone ---------------------------------------------------
+_X86_64 = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_X86_64.detail = True  # operands: types, registers, displacements, sizes
+_NO_REGISTER = x86.X86_REG_INVALID
+_T = TypeVar("_T")
 
 
 @dataclass
-class _Site:
-    """A RIP-relative operand found in a function's code: where its instruction starts, and its target."""
+class _Code:
+    """The first bytes of an exported function and the instructions capstone decodes from them (at their
+    runtime addresses, up to the first byte it cannot decode or the end of the bytes read)."""
 
-    at: int  # offset of the instruction in the code
-    target: int
+    name: str
+    address: int
+    raw: bytes
+    instructions: List[capstone.CsInsn]
 
-
-def _rip_sites(code: bytes, address: int, pattern: bytes, imm: int = 0) -> List[_Site]:
-    """Every match of ``pattern`` (which ends with a group for the disp32) as a RIP-relative operand;
-    ``imm`` bytes of immediate follow the displacement."""
-    out = []
-    for m in re.finditer(pattern, code, re.DOTALL):
-        disp = struct.unpack("<i", m.group("disp"))[0]
-        out.append(_Site(m.start(), address + m.end() + imm + disp))
-    return out
+    def hex(self, size: int = 48) -> str:
+        return self.raw[:size].hex()
 
 
-def _function_code(image: ElfImage, memory: ProcessMemory, name: str, limit: int = 512) -> Optional[Tuple[int, bytes]]:
+def _function_code(image: ElfImage, memory: ProcessMemory, name: str, limit: int = 512) -> Optional[_Code]:
     found = image.lookup(name)
     if not found:
         return None
     address, size = found
-    return address, memory.read(address, min(size or limit, limit))
+    raw = memory.read(address, min(size or limit, limit))
+    return _Code(name, address, raw, list(_X86_64.disasm(raw, address)))
 
 
 def _writable(image: ElfImage, address: int, size: int) -> bool:
@@ -107,24 +109,152 @@ def _loaded(image: ElfImage, address: int, size: int) -> bool:
                for seg in image.segments)
 
 
+def _first(instructions: Sequence[capstone.CsInsn], form: Callable[[capstone.CsInsn], Optional[_T]],
+           start: int = 0) -> Tuple[int, Optional[_T]]:
+    """(index, what ``form`` says) of the first instruction from ``start`` on that has the form; (-1, None)."""
+    for index in range(start, len(instructions)):
+        found = form(instructions[index])
+        if found is not None:
+            return index, found
+    return -1, None
+
+
+# Operands.
+def _register(op) -> Optional[int]:
+    return op.reg if op.type == x86.X86_OP_REG else None
+
+
+def _rip_target(insn: capstone.CsInsn, op) -> Optional[int]:
+    """The address a ``[rip + disp32]`` operand points at (rip: the address of the next instruction)."""
+    if op.type != x86.X86_OP_MEM:
+        return None
+    mem = op.mem
+    if mem.base != x86.X86_REG_RIP or mem.index != _NO_REGISTER or mem.segment != _NO_REGISTER:
+        return None
+    return insn.address + insn.size + mem.disp
+
+
+def _register_relative(op, segment: int = _NO_REGISTER) -> Optional[Tuple[int, int]]:
+    """(base register, displacement) of a ``segment:[base + disp]`` operand (no index, base not rip)."""
+    if op.type != x86.X86_OP_MEM:
+        return None
+    mem = op.mem
+    if mem.base in (_NO_REGISTER, x86.X86_REG_RIP) or mem.index != _NO_REGISTER or mem.segment != segment:
+        return None
+    return mem.base, mem.disp
+
+
+def _two_operands(insn: capstone.CsInsn, *ids: int):
+    return tuple(insn.operands) if insn.id in ids and len(insn.operands) == 2 else None
+
+
+# Instruction forms: each says what the instruction reads or writes, or None when it has another form.
+def _dword_load_from_rip(insn: capstone.CsInsn) -> Optional[int]:
+    """``mov r32, dword [rip + disp]``: the address loaded from."""
+    ops = _two_operands(insn, x86.X86_INS_MOV)
+    if ops is None or _register(ops[0]) is None or ops[1].size != 4:
+        return None
+    return _rip_target(insn, ops[1])
+
+
+def _store_to_rip(insn: capstone.CsInsn) -> Optional[int]:
+    """``mov [rip + disp], reg`` or ``xchg [rip + disp], reg``: the address stored to."""
+    ops = _two_operands(insn, x86.X86_INS_MOV, x86.X86_INS_XCHG)
+    if ops is None:
+        return None
+    if insn.id == x86.X86_INS_XCHG and _register(ops[0]) is not None:
+        ops = ops[::-1]  # xchg reg, [mem] is the same exchange
+    return _rip_target(insn, ops[0]) if _register(ops[1]) is not None else None
+
+
+def _guard_test(insn: capstone.CsInsn) -> Optional[int]:
+    """``movzx reg, byte [rip + disp]`` or ``cmp byte [rip + disp], 0`` (a guard variable's first byte
+    tested): the byte's address."""
+    ops = _two_operands(insn, x86.X86_INS_MOVZX, x86.X86_INS_CMP)
+    if ops is None:
+        return None
+    if insn.id == x86.X86_INS_MOVZX:
+        return _rip_target(insn, ops[1]) if _register(ops[0]) is not None and ops[1].size == 1 else None
+    if ops[0].size == 1 and ops[1].type == x86.X86_OP_IMM and ops[1].imm == 0:
+        return _rip_target(insn, ops[0])
+    return None
+
+
+def _dword_read_from_rip(insn: capstone.CsInsn) -> Optional[int]:
+    """``mov reg, dword [rip + disp]``, or ``cmp`` of ``dword [rip + disp]`` with an immediate or a
+    register (either order): the dword's address."""
+    ops = _two_operands(insn, x86.X86_INS_MOV, x86.X86_INS_CMP)
+    if ops is None:
+        return None
+    if insn.id == x86.X86_INS_MOV:
+        return _rip_target(insn, ops[1]) if _register(ops[0]) is not None and ops[1].size == 4 else None
+    for memory_op, other in (ops, ops[::-1]):
+        if memory_op.size == 4 and other.type in (x86.X86_OP_REG, x86.X86_OP_IMM):
+            target = _rip_target(insn, memory_op)
+            if target is not None:
+                return target
+    return None
+
+
+def _qword_load_from_rip(insn: capstone.CsInsn) -> Optional[Tuple[int, int]]:
+    """``mov r64, qword [rip + disp]`` (a GOT slot read): (the register loaded, the address)."""
+    ops = _two_operands(insn, x86.X86_INS_MOV)
+    if ops is None or _register(ops[0]) is None or ops[1].size != 8:
+        return None
+    target = _rip_target(insn, ops[1])
+    return None if target is None else (ops[0].reg, target)
+
+
+def _tls_qword_load(insn: capstone.CsInsn) -> Optional[Tuple[int, int, int]]:
+    """``mov r64, qword fs:[base + disp]``: (the register loaded, base, disp)."""
+    ops = _two_operands(insn, x86.X86_INS_MOV)
+    if ops is None or _register(ops[0]) is None or ops[1].size != 8:
+        return None
+    found = _register_relative(ops[1], segment=x86.X86_REG_FS)
+    return None if found is None else (ops[0].reg, found[0], found[1])
+
+
+@dataclass
+class _Access:
+    """A ``lea`` (the address taken) or ``mov`` (the value loaded) into ``register``: ``where`` is the
+    displacement from a base register, or the absolute address of a RIP-relative operand."""
+
+    lea: bool
+    register: int
+    where: int
+    size: int  # of the value loaded (mov)
+
+
+def _lea_or_load(insn: capstone.CsInsn, base: Optional[Sequence[int]]) -> Optional[_Access]:
+    """``lea``/``mov reg, [b + disp]`` with b one of ``base`` (None: ``[rip + disp]``)."""
+    ops = _two_operands(insn, x86.X86_INS_LEA, x86.X86_INS_MOV)
+    if ops is None or _register(ops[0]) is None:
+        return None
+    lea = insn.id == x86.X86_INS_LEA
+    if base is None:
+        where = _rip_target(insn, ops[1])
+    else:
+        found = _register_relative(ops[1])
+        where = found[1] if found is not None and found[0] in base else None
+    return None if where is None else _Access(lea, ops[0].reg, where, ops[1].size)
+
+
 # -- torch.set_num_threads ---------------------------------------------------------------------------------
 def num_threads_variable(image: ElfImage, memory: ProcessMemory) -> int:
-    """Address of ``at::(anonymous)::num_threads``: the RIP-relative load that begins
+    """Address of ``at::(anonymous)::num_threads``: the RIP-relative dword load that begins
     ``at::init_num_threads``, where ``at::set_num_threads`` stores (xchg or mov) too."""
     init = _function_code(image, memory, INIT_NUM_THREADS, 64)
     if init is None:
         raise CorruptObjectError(f"{INIT_NUM_THREADS} is not exported by {image.path}")
-    address, code = init
-    start = len(_ENDBR64) if code.startswith(_ENDBR64) else 0
-    m = re.match(b"[\x40-\x4f]?\x8b" + _RIP + b"(?P<disp>.{4})", code[start:], re.DOTALL)
-    if not m:
-        raise CorruptObjectError(f"{INIT_NUM_THREADS} does not begin with a load of a static (code {code[:16].hex()})")
-    target = address + start + m.end() + struct.unpack("<i", m.group("disp"))[0]
+    code = [insn for insn in init.instructions if insn.id != x86.X86_INS_ENDBR64]
+    target = _dword_load_from_rip(code[0]) if code else None
+    if target is None:
+        raise CorruptObjectError(f"{INIT_NUM_THREADS} does not begin with a load of a static (code {init.hex(16)})")
     if not _writable(image, target, 4):
         raise CorruptObjectError(f"{INIT_NUM_THREADS} loads from 0x{target:x}, outside the library's data")
     store = _function_code(image, memory, SET_NUM_THREADS, 256)
     if store is not None:
-        stores = {s.target for s in _rip_sites(store[1], store[0], b"[\x40-\x4f]?[\x87\x89]" + _RIP + b"(?P<disp>.{4})")}
+        stores = {address for address in map(_store_to_rip, store.instructions) if address is not None}
         if stores and target not in stores:
             raise CorruptObjectError(f"{SET_NUM_THREADS} stores elsewhere than {INIT_NUM_THREADS} loads from")
     return target
@@ -143,27 +273,31 @@ def set_num_threads_value(image: ElfImage, memory: ProcessMemory) -> Optional[in
 # -- the CPU capability ----------------------------------------------------------------------------------
 def cpu_capability_variables(image: ElfImage, memory: ProcessMemory) -> Tuple[int, int]:
     """(guard address, capability address) of ``at::native::get_cpu_capability()``'s static, from the
-    guard check and the first comparison or load after it in ``DispatchStubImpl::try_choose_cpu_impl``."""
+    guard check and the first dword comparison or load after it in ``DispatchStubImpl::try_choose_cpu_impl``."""
     for name in CHOOSE_CPU_IMPL:
         found = _function_code(image, memory, name, 160)
         if found is not None:
             break
     else:
         raise CorruptObjectError(f"no DispatchStubImpl::choose_cpu_impl is exported by {image.path}")
-    address, code = found
-    guards = (_rip_sites(code, address, b"\x0f\xb6" + _RIP + b"(?P<disp>.{4})")  # movzbl guard(%rip), %reg
-              + _rip_sites(code, address, b"\x80\x3d(?P<disp>.{4})(?=\x00)", imm=1))  # cmpb $0, guard(%rip)
-    guards = sorted((g for g in guards if _writable(image, g.target, 1)), key=lambda g: g.at)
-    if not guards:
+    code = found.instructions
+
+    def guard_in_data(insn):
+        address = _guard_test(insn)
+        return address if address is not None and _writable(image, address, 1) else None
+
+    at, guard = _first(code, guard_in_data)
+    if guard is None:
         raise CorruptObjectError(f"{name}: no guard-variable check of a static found")
-    guard = guards[0]
-    loads = (_rip_sites(code, address, b"\x83\x3d(?P<disp>.{4})", imm=1)  # cmpl $imm8, capability(%rip)
-             + _rip_sites(code, address, b"[\x40-\x4f]?[\x8b\x39\x3b]" + _RIP + b"(?P<disp>.{4})"))  # mov / cmp
-    loads = sorted((s for s in loads if s.at > guard.at and s.target != guard.target and _writable(image, s.target, 4)),
-                   key=lambda s: s.at)
-    if not loads:
+
+    def capability_in_data(insn):
+        address = _dword_read_from_rip(insn)
+        return address if address is not None and address != guard and _writable(image, address, 4) else None
+
+    capability = _first(code, capability_in_data, at + 1)[1]
+    if capability is None:
         raise CorruptObjectError(f"{name}: no read of the capability static after its guard check")
-    return guard.target, loads[0].target
+    return guard, capability
 
 
 def cpu_capability_value(image: ElfImage, memory: ProcessMemory) -> Optional[str]:
@@ -191,55 +325,58 @@ class OmpLayout:
 
 
 def omp_layout(image: ElfImage, memory: ProcessMemory) -> OmpLayout:
+    """libgomp's ``omp_get_max_threads``: ``mov GOT(%rip), %r`` (the TLS offset of its thread data) and
+    ``mov %fs:disp(%r), %task``; then the task's ICV, ``lea``/``mov disp(%task)``, and the global ICV,
+    ``lea``/``mov gomp_global_icv(%rip)`` (after two ``lea``: one load through the chosen pointer)."""
     found = _function_code(image, memory, OMP_GET_MAX_THREADS, 96)
     if found is None:
         raise CorruptObjectError(f"{OMP_GET_MAX_THREADS} is not defined in {image.path}")
-    address, code = found
-    got = [s for s in _rip_sites(code, address, b"[\x48\x4c]\x8b" + _RIP + b"(?P<disp>.{4})") if _loaded(image, s.target, 8)]
-    tls = re.search(b"\x64[\x48\x4c]\x8b(?P<modrm>[\x40-\x7f\x80-\xbf])", code, re.DOTALL)
-    if not got or not tls or tls.start() < got[0].at or ord(tls.group("modrm")) & 7 == 4:
+    code = found.instructions
+    at, tls = _first(code, _tls_qword_load)
+    slot = _got_slot(image, code[:max(at, 0)], tls[1]) if tls is not None else None
+    if slot is None:
         raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: no load of libgomp's thread data through the TLS offset "
-                                 f"(code {code[:48].hex()})")
-    task_offset, after = _displacement(code, tls.end(), ord(tls.group("modrm")))
-    tpoff = memory.read_i64(got[0].target)
+                                 f"(code {found.hex()})")
+    task_register, _, task_offset = tls
+    tpoff = memory.read_i64(slot)
     if not -(1 << 24) < tpoff < 0:
         raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: TLS offset {tpoff} is not an initial-exec offset")
-    rest = code[after:]
-    # The task's ICV: lea disp(%task), %reg (then one load through the chosen pointer), or a load of
-    # disp(%task) itself; the global ICV: lea or load at [rip + disp32].
-    icv = re.search(b"(?P<rex>[\x48\x4c]?)(?P<op>[\x8d\x8b])(?P<modrm>[\x40-\xbf])", rest, re.DOTALL)
-    glob = re.search(b"(?P<rex>[\x48\x4c]?)(?P<op>[\x8d\x8b])" + _RIP + b"(?P<disp>.{4})", rest, re.DOTALL)
-    if not icv or not glob or ord(icv.group("modrm")) & 7 == 4:
-        raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: no read of the task's or the global ICV (code {code[:48].hex()})")
-    icv_offset, icv_end = _displacement(rest, icv.end(), ord(icv.group("modrm")))
-    glob_target = address + after + glob.end() + struct.unpack("<i", glob.group("disp"))[0]
-    if icv.group("op") == b"\x8d" and glob.group("op") == b"\x8d":
-        last = max(icv_end, glob.end())
-        final = re.search(b"(?P<rex>[\x48\x4c]?)\x8b(?P<modrm>[\x00-\x7f])", rest[last:], re.DOTALL)
-        if not final or ord(final.group("modrm")) & 7 in (4, 5):
-            raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: no load of nthreads-var (code {code[:48].hex()})")
-        extra = _displacement(rest[last:], final.end(), ord(final.group("modrm")))[0]
-        value_size = 8 if final.group("rex") else 4
-        value_offset, global_value = icv_offset + extra, glob_target + extra
-    elif icv.group("op") == b"\x8b" and glob.group("op") == b"\x8b":
-        value_size = 8 if icv.group("rex") else 4
-        value_offset, global_value = icv_offset, glob_target
-    else:
-        raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: the task's and the global ICV are read differently "
-                                 f"(code {code[:48].hex()})")
+    value_offset, global_value, value_size = _icv_operands(found, at + 1, task_register)
+    if value_size not in (4, 8):
+        raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: nthreads-var is read as {value_size} bytes")
     if not _writable(image, global_value, value_size) or not 0 <= task_offset < 4096 or not 0 <= value_offset < 4096:
         raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: offsets out of range (task {task_offset}, ICV {value_offset})")
     return OmpLayout(tpoff, task_offset, value_offset, global_value, value_size)
 
 
-def _displacement(code: bytes, at: int, modrm: int) -> Tuple[int, int]:
-    """(displacement, end) of a ModRM operand whose displacement starts at ``at`` (mod 00: none)."""
-    mod = modrm >> 6
-    if mod == 1:
-        return struct.unpack("<b", code[at:at + 1])[0], at + 1
-    if mod == 2:
-        return struct.unpack("<i", code[at:at + 4])[0], at + 4
-    return 0, at
+def _got_slot(image: ElfImage, code: Sequence[capstone.CsInsn], register: int) -> Optional[int]:
+    """The GOT slot that the last load of ``register`` in ``code`` reads (None unless that is a
+    ``mov r64, [rip + disp]`` of a slot inside the library)."""
+    for insn in reversed(code):
+        if register in insn.regs_access()[1]:
+            load = _qword_load_from_rip(insn)
+            return load[1] if load is not None and _loaded(image, load[1], 8) else None
+    return None
+
+
+def _icv_operands(found: _Code, start: int, task: int) -> Tuple[int, int, int]:
+    """(offset of nthreads-var in the task, address of the global nthreads-var, its size), from the
+    instructions of ``omp_get_max_threads`` from ``start`` on, ``task`` holding the thread's task."""
+    code = found.instructions
+    at_icv, icv = _first(code, lambda insn: _lea_or_load(insn, (task,)), start)
+    at_glob, glob = _first(code, lambda insn: _lea_or_load(insn, None), start)
+    if icv is None or glob is None:
+        raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: no read of the task's or the global ICV (code {found.hex()})")
+    if icv.lea and glob.lea:  # then one load through whichever pointer was chosen
+        pointers = (icv.register, glob.register)
+        final = _first(code, lambda insn: _lea_or_load(insn, pointers), max(at_icv, at_glob) + 1)[1]
+        if final is None or final.lea:
+            raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: no load of nthreads-var (code {found.hex()})")
+        return icv.where + final.where, glob.where + final.where, final.size
+    if not icv.lea and not glob.lea:
+        return icv.where, glob.where, icv.size
+    raise CorruptObjectError(f"{OMP_GET_MAX_THREADS}: the task's and the global ICV are read differently "
+                             f"(code {found.hex()})")
 
 
 def thread_control_blocks(memory: ProcessMemory) -> List[int]:
