@@ -11,7 +11,7 @@ import types
 import pytest
 
 from volatility3_zen.zenlib.analysis import similarity
-from volatility3_zen.zenlib.analysis.attribution import attribute, compare, pr_matching, similarity_matrix
+from volatility3_zen.zenlib.analysis.attribution import MATCH_THRESHOLD, attribute, compare, pr_matching, similarity_matrix
 from volatility3_zen.zenlib.representation.unified import (
     ClassFeature,
     CodeFeature,
@@ -614,9 +614,61 @@ def test_plain_python_target_uses_pr_alone(resnet):
 
 def test_without_shared_code_every_base_is_a_candidate(resnet, gpt):
     result = attribute(gpt, [resnet])
-    assert result.winner == "resnet" and result.scores[0].candidate and result.scores[0].exact_matches == 0
+    assert result.best == "resnet" and result.scores[0].candidate and result.scores[0].exact_matches == 0
     assert any("every base is a candidate" in note for note in result.notes)
-    assert any("none of these bases" in note for note in result.notes)  # low UR
+    assert result.winner is None and not result.matched  # low UR: no base matches
+
+
+# -- open set (issue 11) ----------------------------------------------------------------------------------
+def test_a_model_whose_base_is_not_in_the_library_is_unmatched(resnet, gpt, resnet_se):
+    with_base = attribute(resnet_se, [gpt, resnet])
+    assert with_base.winner == with_base.best == "resnet" and with_base.matched
+    assert with_base.scores[0].evidence >= MATCH_THRESHOLD
+    without = attribute(resnet_se, [gpt])  # the library omits its base
+    assert without.winner is None and not without.matched and without.best == "gpt"
+    assert without.scores[0].evidence < MATCH_THRESHOLD and without.threshold == MATCH_THRESHOLD
+    (note,) = [n for n in without.notes if n.startswith("no base in the library matches")]
+    assert f"best: gpt, UR {without.scores[0].ur:.3f}" in note
+    assert f"weaker {without.scores[0].evidence:.3f} < threshold {MATCH_THRESHOLD}" in note
+    # the best base's matching is still there for whoever wants to look, and every base keeps its row
+    assert [s.base for s in without.scores] == ["gpt"] and without.scores[0].rank == 1
+    assert len(without.omega) + len(without.delta) == len(resnet_se.pr.code)
+
+
+def test_the_threshold_decides_and_is_inclusive(resnet, resnet_se):
+    score = attribute(resnet_se, [resnet]).scores[0].evidence
+    assert attribute(resnet_se, [resnet], threshold=score).winner == "resnet"
+    above = attribute(resnet_se, [resnet], threshold=min(1.0, score + 1e-9))
+    assert above.winner is None and above.best == "resnet"
+    assert attribute(resnet, [resnet], threshold=1.0).winner == "resnet"  # a base against itself: UR 1.0
+    assert attribute(resnet_se, [resnet], threshold=0.0).matched
+
+
+def test_an_empty_program_matches_nothing(resnet, gpt):
+    stray = UnifiedRepresentation("3.11", make_mr([("", "GELUActivation", [])], "transformers.activations"),
+                                  ProgramRepresentation([], []), {}, "stray")
+    result = attribute(stray, [resnet, gpt])
+    assert not result.matched and result.scores[0].ur < 0.1
+
+
+def test_both_views_must_agree():
+    """The weaker view decides: shared code without the architecture (a sibling base of one package),
+    or the architecture without the code (a related package), is not a match."""
+    from volatility3_zen.zenlib.analysis.attribution import BaseScore
+
+    sibling = BaseScore("mobilenetv2", mr=0.475, pr=0.750, ur=0.612, rank=1, candidate=True, exact_matches=40)
+    related = BaseScore("yolov5", mr=0.804, pr=0.131, ur=0.467, rank=1, candidate=True, exact_matches=3)
+    plain = BaseScore("micrograd", mr=None, pr=0.555, ur=0.555, rank=1, candidate=True, exact_matches=0)
+    assert sibling.evidence == 0.475 < MATCH_THRESHOLD and related.evidence == 0.131 < MATCH_THRESHOLD
+    assert plain.evidence == 0.555 >= MATCH_THRESHOLD
+
+
+def test_the_threshold_is_documented_with_its_provenance():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "attribution.md").read_text()
+    assert f"`MATCH_THRESHOLD` = **{MATCH_THRESHOLD}**" in doc
+    assert "false-accept rate" in doc and "false-reject rate" in doc
 
 
 def test_empty_programs_and_empty_code(resnet):
@@ -647,5 +699,8 @@ def test_attribution_json(resnet, gpt, resnet_se):
     from volatility3_zen.zenlib.analysis.attribution import to_json
     data = to_json(attribute(resnet_se, [gpt, resnet]))
     text = json.dumps(data, sort_keys=True)
-    assert json.loads(text) == data and data["schema"] == 1 and data["winner"] == "resnet"
+    assert json.loads(text) == data and data["schema"] == 2 and data["winner"] == "resnet"
+    assert data["best"] == "resnet" and data["matched"] is True and data["threshold"] == MATCH_THRESHOLD
     assert [s["base"] for s in data["scores"]] == ["resnet", "gpt"]
+    unmatched = to_json(attribute(resnet_se, [gpt]))
+    assert unmatched["winner"] is None and unmatched["best"] == "gpt" and unmatched["matched"] is False

@@ -100,7 +100,7 @@ class Page(HTMLParser):
 def render(target, library, **kwargs):
     """(page text, attribution, diff) of ``target`` against ``library``, as the plugin computes them."""
     bases = {b.name: b for b in library}
-    result = attribution.attribute(target, library)
+    result = attribution.attribute(target, library, threshold=0.0)  # a report is made for a winner; force one
     model_diff = diff.diff_models(target, bases[result.winner], (result.omega, result.delta, result.removed))
     return report.render_html(target, bases[result.winner], result, model_diff, **kwargs), result, model_diff
 

@@ -2,7 +2,8 @@
 
 ``attribute(target, library)`` scores the target's unified representation against every base with
 UR = w_mr * MR + w_pr * PR (similarity.py), after a pre-filter on byte-identical code, and ranks the
-bases; ``pr_matching`` exposes the code-object matching (Omega, Delta, Removed) that the differential
+bases.  The set is open: the top-ranked base is the winner only when its MR and its PR both reach
+``MATCH_THRESHOLD``; otherwise the target matches no base of the library (``winner`` is None).  ``pr_matching`` exposes the code-object matching (Omega, Delta, Removed) that the differential
 analysis reuses.  docs/attribution.md describes the algorithm, weights, determinism and cost.
 """
 
@@ -27,18 +28,27 @@ from .similarity import (
     prepare_program,
 )
 
-__all__ = ["ATTRIBUTION_SCHEMA_VERSION", "Attribution", "BaseScore", "DEFAULT_WEIGHTS", "LOW_UR", "Match",
-           "MIN_EXACT_FRACTION", "Weights", "attribute", "compare", "pr_matching", "similarity_matrix", "to_json"]
+__all__ = ["ATTRIBUTION_SCHEMA_VERSION", "Attribution", "BaseScore", "DEFAULT_WEIGHTS", "MATCH_THRESHOLD", "Match",
+           "MIN_EXACT_FRACTION", "Weights", "attribute", "compare", "no_match_text", "pr_matching", "similarity_matrix",
+           "to_json"]
 
-ATTRIBUTION_SCHEMA_VERSION = 1
+# 2: open-set attribution (``winner`` is None below the threshold; ``best`` and ``threshold`` added).
+ATTRIBUTION_SCHEMA_VERSION = 2
 
 # A base of the target's CPython version is a candidate when at least this fraction of the smaller
 # program's code objects is byte-identical in both (and at least one is).  Derivatives keep far more
 # (the ZEN paper's most customised model still shares 16.7% of its functions with its base); unrelated
 # models of the same version share only small helpers.
 MIN_EXACT_FRACTION = 0.05
-# Advisory only: below this the winner is reported with a note (unrelated programs score about 0.05-0.2).
-LOW_UR = 0.3
+# Open-set attribution: the top-ranked base wins only when both views agree that it is the origin: the
+# weaker of its MR and PR (``BaseScore.evidence``; PR alone where either side has no MR) reaches this;
+# below it no base of the library matches the target.  A derivative keeps most of its base's
+# architecture *and* most of its code; a sibling base of the same package shares code (timm's resnet and
+# mobilenetv2: PR 0.75) but not architecture (MR <= 0.48), and bases of related packages share
+# architecture (yolov5/yolov8: MR 0.80) but not code (PR 0.13).  Calibrated on the corpus
+# (docs/attribution.md, "Open set"; benchmarks/bench_attribution.py --calibrate, 41 models of 9 bases,
+# cores): genuine evidence min 0.506, impostor max 0.475; the midpoint: FAR 0/52, FRR 0/41, in-sample.
+MATCH_THRESHOLD = 0.49
 
 
 @dataclass
@@ -51,6 +61,11 @@ class BaseScore:
     candidate: bool  # passed the exact-bytecode pre-filter; only candidates can win
     exact_matches: int  # target code objects whose exact bytecode the base also has
     details: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def evidence(self) -> float:
+        """What the open-set decision weighs: the weaker of MR and PR (PR where there is no MR)."""
+        return self.pr if self.mr is None else min(self.mr, self.pr)
 
 
 @dataclass
@@ -67,14 +82,23 @@ class Attribution:
     scores: List[BaseScore]  # rank order
     winner: Optional[str]
     margin: float  # winner UR - best UR of the other bases (0 for them when the library has one base)
-    omega: List[Match]  # the winner's matching
-    delta: List[str]  # target code objects the winner lacks (added or rewritten beyond recognition)
-    removed: List[str]  # winner code objects the target lacks
-    cross_version: bool  # the winner's CPython version is not the target's
+    omega: List[Match]  # the best base's matching (the winner's, when there is one)
+    delta: List[str]  # target code objects the best base lacks (added or rewritten beyond recognition)
+    removed: List[str]  # best base code objects the target lacks
+    cross_version: bool  # the best base's CPython version is not the target's
     notes: List[str] = field(default_factory=list)
+    # The top-ranked base, winner or not; ``winner`` is this base when its UR reaches ``threshold``, else
+    # None: no base of the library matches (open set).
+    best: Optional[str] = None
+    threshold: float = 0.0
     # s(t, b) between the target's and the winner's code objects, as the matching scored them (the
     # report's heat map reuses it); not part of the JSON form.
     code_similarity: Optional[PairScorer] = field(default=None, repr=False, compare=False)
+
+    @property
+    def matched(self) -> bool:
+        """A base of the library matches (its UR reaches the threshold)."""
+        return self.winner is not None
 
 
 class _Session:
@@ -163,17 +187,18 @@ def pr_matching(target: UnifiedRepresentation, base: UnifiedRepresentation,
 
 
 def attribute(target: UnifiedRepresentation, library: Sequence[UnifiedRepresentation],
-              weights: Weights = DEFAULT_WEIGHTS) -> Attribution:
+              weights: Weights = DEFAULT_WEIGHTS, threshold: float = MATCH_THRESHOLD) -> Attribution:
     """Rank the bases of ``library`` as the origin of ``target``.
 
     Every base gets a row with its scores; the pre-filter only decides which rows may win.  Ranking:
     candidates before non-candidates, then UR descending, then base name (deterministic, and the
-    order of ``library`` does not matter).
+    order of ``library`` does not matter).  The top-ranked base (``best``) is the ``winner`` only when
+    its UR reaches ``threshold``; otherwise ``winner`` is None and a note says that no base matches.
     """
     names = _base_names(library)
     notes: List[str] = []
     if not library:
-        return Attribution(target.name, [], None, 0.0, [], [], [], False, ["the library is empty"])
+        return Attribution(target.name, [], None, 0.0, [], [], [], False, ["the library is empty"], None, threshold)
     session = _Session()
     comparisons = {name: _compare(session, target, base, weights) for name, base in zip(names, library)}
     bases = dict(zip(names, library))
@@ -206,26 +231,36 @@ def attribute(target: UnifiedRepresentation, library: Sequence[UnifiedRepresenta
                         candidate=candidates[n], exact_matches=comparisons[n].exact_matches,
                         details=comparisons[n].details)
               for k, n in enumerate(order)]
-    winner = order[0]
+    best = order[0]
     others = [s.ur for s in scores[1:]]
     margin = scores[0].ur - (max(others) if others else 0.0)
     if margin < 0:
-        notes.append("a base that failed the pre-filter has a higher UR than the winner")
-    if scores[0].ur < LOW_UR:
-        notes.append(f"the best UR is below {LOW_UR}: the target may derive from none of these bases")
-    omega, delta, removed = _matches(target, bases[winner], comparisons[winner].matching)
+        notes.append("a base that failed the pre-filter has a higher UR than the best candidate")
+    matched = scores[0].evidence >= threshold
+    if not matched:
+        notes.append(no_match_text(best, scores[0], threshold))
+    omega, delta, removed = _matches(target, bases[best], comparisons[best].matching)
     return Attribution(
         target=target.name,
         scores=scores,
-        winner=winner,
+        winner=best if matched else None,
         margin=margin,
         omega=omega,
         delta=delta,
         removed=removed,
-        cross_version=bases[winner].python_version != target.python_version,
+        cross_version=bases[best].python_version != target.python_version,
         notes=notes,
-        code_similarity=comparisons[winner].matching.scorer,
+        best=best,
+        threshold=threshold,
+        code_similarity=comparisons[best].matching.scorer,
     )
+
+
+def no_match_text(best: str, score: "BaseScore", threshold: float) -> str:
+    """The one line that says an attribution found no base (the plugins' rows and warnings use it)."""
+    views = "PR" if score.mr is None else f"MR {score.mr:.3f}, PR {score.pr:.3f}"
+    return (f"no base in the library matches (best: {best}, UR {score.ur:.3f}; {views}: "
+            f"weaker {score.evidence:.3f} < threshold {threshold})")
 
 
 def similarity_matrix(targets: Sequence[UnifiedRepresentation], library: Sequence[UnifiedRepresentation],
@@ -244,5 +279,6 @@ def to_json(result: Attribution) -> Dict[str, Any]:
     schema number; scores in rank order, Omega by target function_id, Delta and Removed sorted."""
     out = asdict(replace(result, code_similarity=None))
     del out["code_similarity"]
+    out["matched"] = result.matched
     out["omega"] = sorted(out["omega"], key=lambda m: (m["target"], m["base"]))
     return {"schema": ATTRIBUTION_SCHEMA_VERSION, "format": "zen-attribution", **out}

@@ -5,6 +5,12 @@ Each step opens what the next one needs and hands it on: ``python_processes`` yi
 processes, ``torch_processes`` adds torch, ``models`` yields every model root with its process and its
 UR together, and ``attributed_models`` adds the attribution, so no later step reopens the image.
 
+Roots (``ranked_roots``): a process holds many nn.Module instances that are not models (transformers
+builds its activation table at import; a loss or an activation kept in a global).  A root that is one
+module and either holds no parameter or is a framework class is *stray*: left out with a one-line note
+unless ``--all-roots`` (or ``--root``) asks for it.  The other roots come first by the parameter
+elements they hold, then tensors, then modules, then address.
+
 Error policy (``_Selection``): a process the investigator chose (named with ``--pid``, or the one
 process of a core) that cannot be analysed is a fatal, one-line error (non-zero exit); when scanning
 every process of an image, such a process is a warning and the scan goes on.  An image with neither a
@@ -58,7 +64,14 @@ def model_requirements() -> List[interfaces.configuration.RequirementInterface]:
         requirements.ListRequirement(name="root", element_type=int, optional=True,
                                      description="Only the models rooted at these addresses (nn.Modules, or any object of a plain-Python model; with --pid)"),
         requirements.StringRequirement(name="bml", optional=True, description="Base model library directory (default: the bundled bml/)"),
+        all_roots_requirement(),
     ]
+
+
+def all_roots_requirement() -> interfaces.configuration.RequirementInterface:
+    return requirements.BooleanRequirement(
+        name="all-roots", default=False, optional=True,
+        description="Also the stray roots: single modules without parameters or of a framework class (activations, losses)")
 
 
 def score_cell(value: Optional[float]):
@@ -212,7 +225,8 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
     plain model has no tree to find its root by)."""
     selection = _Selection(config)
     roots = set(roots or ())
-    found = 0
+    all_roots = bool(config.get("all-roots"))
+    found = strays = 0
     for target, process in python_processes(context, config):
         fingerprinter = Fingerprinter(process, with_source)
         provenance = {"pid": target.pid, "process": target.name}
@@ -229,9 +243,9 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
         if torch_process is not None:
             provenance["torch"] = torch_process.torch_version
             packages = torch_process.execution_context().packages
-            for model in torch_process.models(read_bytes=False, addresses=roots or None):
-                if not roots and _trivial_root(model):
-                    continue
+            kept = ranked_roots(target, torch_process, roots, all_roots, read_bytes=False)
+            strays += kept.left_out
+            for model in kept.models:
                 try:
                     fingerprint = fingerprinter.torch_model(model, dict(provenance, root=model.root_address, packages=packages))
                 except DECODE_ERRORS as exc:
@@ -252,6 +266,8 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
         volglue.clear_volatility_caches()
     if found == 0:
         fail("no model found" + (" at the given --root address(es)" if roots else
+                                 f": only {strays} stray root(s), single modules without parameters or of a framework class"
+                                 " (--all-roots lists them)" if strays else
                                  ": no process has an nn.Module tree (for a plain-Python model pass --pid and --root)"))
 
 
@@ -261,9 +277,45 @@ def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, ZenError) else f"unreadable ({type(exc).__name__}: {exc})"
 
 
-def _trivial_root(model: RecoveredModel) -> bool:
-    """A lone framework module (a loss function, an activation kept in a global) is not a model."""
-    return len(model.modules) == 1 and is_framework_module(model.modules[0].class_module)
+@dataclass
+class RankedRoots:
+    models: List[RecoveredModel]  # the models first, by what they hold
+    left_out: int  # stray roots not listed
+
+
+def holdings(model: RecoveredModel) -> Tuple[int, int, int]:
+    """(parameter elements, tensors, modules) of a model, each tensor counted once (tied ones share)."""
+    unique = {t.info.address: t for t in model.tensors}
+    return (sum(t.info.numel for t in unique.values() if t.kind == "parameter"), len(unique), len(model.modules))
+
+
+def stray_root(model: RecoveredModel) -> bool:
+    """A root that is not a model: a single module that holds no parameter (transformers' activation
+    table, a Dropout or a positional table kept in a global) or whose class is the framework's (a loss,
+    a lone nn.Linear)."""
+    if len(model.modules) != 1:
+        return False
+    return holdings(model)[0] == 0 or is_framework_module(model.modules[0].class_module)
+
+
+def rank_key(model: RecoveredModel):
+    parameters, tensors, modules = holdings(model)
+    return (-parameters, -tensors, -modules, model.root_address)
+
+
+def ranked_roots(target: Target, torch_process: TorchProcess, addresses=None, all_roots: bool = False,
+                 read_bytes: bool = False) -> RankedRoots:
+    """The models of one torch process, models first by what they hold (``rank_key``).  Without
+    ``addresses`` and ``all_roots``, stray roots (``stray_root``) are left out with one warning line."""
+    models = list(torch_process.models(read_bytes=read_bytes, addresses=set(addresses) if addresses else None))
+    strays = [] if addresses or all_roots else [m for m in models if stray_root(m)]
+    if strays:
+        classes = sorted({m.root_class for m in strays})
+        shown = ", ".join(classes[:3]) + (f" and {len(classes) - 3} more classes" if len(classes) > 3 else "")
+        vollog.warning("PID %d: %d stray root(s) left out, single modules without parameters or of a framework class"
+                       " (%s); --all-roots lists them", target.pid, len(strays), shown)
+        models = [m for m in models if not stray_root(m)]
+    return RankedRoots(sorted(models, key=rank_key), len(strays))
 
 
 def library_bases(directory: Optional[str]) -> Dict[str, UnifiedRepresentation]:

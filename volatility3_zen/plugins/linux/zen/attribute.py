@@ -1,8 +1,11 @@
 """linux.zen.attribute: which open-source base model each recovered model was derived from.
 
 Every model root becomes a unified representation (UR = MR, PR, phi) and is scored against every
-fingerprint of the base model library (docs/attribution.md).  ``--bml-add NAME`` instead stores the
-model's UR as a new base fingerprint.
+fingerprint of the base model library (docs/attribution.md).  The top-ranked base is the winner only
+when its UR reaches the calibrated match threshold; below it the rank-1 row says that no base of the
+library matches.  Models come first by the parameters they hold; stray roots (single modules without
+parameters) only with ``--all-roots``.  ``--bml-add NAME`` instead stores the model's UR as a new base
+fingerprint.
 """
 
 import json
@@ -64,11 +67,14 @@ class Attribute(interfaces.plugins.PluginInterface):
                 stem = f"pid{target.pid}-{root:x}"
                 self._write(f"{stem}.ur.json", ur.dumps())
                 self._write(f"{stem}.attribution.json", json.dumps(attribution.to_json(result), indent=1, sort_keys=True))
+            if not result.matched and result.best is not None:
+                vollog.warning("PID %d root 0x%x (%s): %s", target.pid, root, ur.provenance.get("root_class", ""),
+                               attribution.no_match_text(result.best, result.scores[0], result.threshold))
             for score in result.scores:
                 winner = score.base == result.winner
                 yield 0, (target.pid, target.name, format_hints.Hex(root), ur.provenance.get("root_class", ""),
                           score.base, session.score_cell(score.mr), session.score_cell(score.pr), session.score_cell(score.ur), score.rank, score.candidate,
-                          score.exact_matches, winner, round(result.margin, 6),
+                          score.exact_matches, winner, _verdict(result, score), round(result.margin, 6),
                           len(result.omega) if winner else renderers.NotApplicableValue(),
                           len(result.delta) if winner else renderers.NotApplicableValue(),
                           len(result.removed) if winner else renderers.NotApplicableValue())
@@ -84,5 +90,13 @@ class Attribute(interfaces.plugins.PluginInterface):
             return renderers.TreeGrid(columns, self._add())
         columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("RootClass", str), ("Base", str),
                    ("MR", float), ("PR", float), ("UR", float), ("Rank", int), ("Candidate", bool), ("ExactMatches", int),
-                   ("Winner", bool), ("Margin", float), ("Matched", int), ("Added", int), ("Removed", int)]
+                   ("Winner", bool), ("Verdict", str), ("Margin", float), ("Matched", int), ("Added", int), ("Removed", int)]
         return renderers.TreeGrid(columns, self._attribute())
+
+
+def _verdict(result: attribution.Attribution, score: attribution.BaseScore) -> str:
+    """On the rank-1 row: "match", or "no match" when the weaker of its MR and PR is below the threshold
+    (no base of the library matches, open set); empty on the others."""
+    if score.rank != 1:
+        return ""
+    return "match" if result.matched else f"no match (min(MR, PR) < {result.threshold})"

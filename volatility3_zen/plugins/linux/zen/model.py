@@ -1,4 +1,8 @@
-"""linux.zen.model: the PyTorch models of every CPython process (module tree, hyper-parameters, tensors, weights)."""
+"""linux.zen.model: the PyTorch models of every CPython process (module tree, hyper-parameters, tensors, weights).
+
+Models come first by the parameter elements they hold; stray roots (single modules without parameters or
+of a framework class: activations, losses) are left out with a one-line note unless ``--all-roots``.
+"""
 
 import logging
 from typing import Iterator, List, Tuple
@@ -26,13 +30,15 @@ class Model(interfaces.plugins.PluginInterface):
             requirements.BooleanRequirement(name="layers", description="One row per module (tree depth)", default=False, optional=True),
             requirements.BooleanRequirement(name="tensors", description="One row per tensor", default=False, optional=True),
             requirements.BooleanRequirement(name="dump", description="Write <root>.safetensors and <root>.model.json", default=False, optional=True),
+            session.all_roots_requirement(),
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         roots = set(self.config.get("root") or [])
         for target, torch_process in session.torch_processes(self.context, self.config):
-            context = torch_process.execution_context()
-            for model in torch_process.models(read_bytes=True, addresses=roots or None):
+            context = torch_process.execution_context(numerics=bool(self.config.get("dump")))
+            ranked = session.ranked_roots(target, torch_process, roots, bool(self.config.get("all-roots")), read_bytes=True)
+            for model in ranked.models:
                 summary = export.summary(model)
                 pid = target.pid
                 if self.config.get("dump"):

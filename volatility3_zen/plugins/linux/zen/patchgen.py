@@ -5,7 +5,9 @@ diffed against the winning base (``analysis.diff``): one row per changed, added 
 object, added or removed class, and changed layer.  ``--dump`` writes one self-describing zip per
 model root: the changed and added code as marshal files of the image's Python version, the added
 classes, the weights, the model description, the execution context, the diff and the attribution;
-and next to it a forensic HTML report (``zenlib/bundle/report.py``) (docs/patchgen.md).
+and next to it a forensic HTML report (``zenlib/bundle/report.py``) (docs/patchgen.md).  A model that
+no base of the library matches (its best UR is below the match threshold) gets one ``unmatched`` row
+and a warning, and neither a diff nor a bundle.
 """
 
 import logging
@@ -15,7 +17,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib.analysis import diff
+from volatility3_zen.zenlib.analysis import attribution, diff
 from volatility3_zen.zenlib.bundle import collect, report, write
 from volatility3_zen.zenlib.errors import ZenError
 from volatility3_zen.zenlib.vol import session
@@ -39,6 +41,9 @@ class PatchGen(interfaces.plugins.PluginInterface):
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         for found, result, bases in session.attributed_models(self.context, self.config):
             pid, root, ur = found.target.pid, found.root, found.ur
+            if not result.matched:
+                yield 0, _unmatched_row(found, result)
+                continue
             base = bases[result.winner]
             model_diff = diff.diff_models(ur, base, (result.omega, result.delta, result.removed))
             for warning in model_diff.warnings:
@@ -52,7 +57,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
 
     def _dump(self, found: session.FoundModel, base, result, model_diff: diff.ModelDiff) -> None:
         """The bundle (from the process the session opened) and the report (from representations only)."""
-        bundle, notes = None, []
+        bundle, notes, context = None, [], None
         try:
             contents = collect.collect(found, base, model_diff)
         except ZenError as exc:
@@ -60,6 +65,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
             notes.append(f"no patch bundle: {exc}")
         else:
             model_diff = model_diff.with_class_attributes(contents.class_attributes)
+            context = contents.context
             bundle = write.build(contents, found.ur, base, result, model_diff)
             for warning in bundle.warnings:
                 vollog.warning("PID %d: %s", found.target.pid, warning)
@@ -67,7 +73,7 @@ class PatchGen(interfaces.plugins.PluginInterface):
             with self.open(bundle.name) as handle:
                 bundle.write(handle)
         text = report.render_html(found.ur, base, result, model_diff, image=session.image_name(self.context) or None,
-                                  bundle=bundle.name if bundle is not None else None, warnings=notes)
+                                  bundle=bundle.name if bundle is not None else None, warnings=notes, context=context)
         with self.open(report.report_name(found.target.pid, found.root)) as handle:
             handle.write(text.encode("utf-8"))
 
@@ -76,6 +82,17 @@ class PatchGen(interfaces.plugins.PluginInterface):
                    ("Kind", str), ("ClassKey", str), ("Function", str), ("Size", int), ("Similarity", float),
                    ("Layer", str), ("Detail", str)]
         return renderers.TreeGrid(columns, self._generator())
+
+
+def _unmatched_row(found: session.FoundModel, result: attribution.Attribution) -> tuple:
+    """No base of the library matches: nothing to diff against, so no diff and no bundle; one row says so."""
+    none = renderers.NotApplicableValue()
+    text = (attribution.no_match_text(result.best, result.scores[0], result.threshold) if result.best
+            else "the library is empty")
+    vollog.warning("PID %d root 0x%x: %s: no diff and no patch bundle", found.target.pid, found.root, text)
+    ur = result.scores[0].ur if result.scores else None
+    return (found.target.pid, format_hints.Hex(found.root), found.ur.provenance.get("root_class", ""), "",
+            session.score_cell(ur), "unmatched", "", "", 0, none, "", text)
 
 
 def _rows(model_diff: diff.ModelDiff) -> Iterator[tuple]:
