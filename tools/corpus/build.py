@@ -9,6 +9,7 @@ which is bumped whenever the harness changes what it produces.
 
 import dataclasses
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,19 @@ def _build(deployment: catalog.Deployment, kind: str, planned: List[Planned], in
     }
     (tmp / cache.BUILD_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     for path in _image_files(kind, tmp, processes):
+        _dig_holes(path)
         path.chmod(0o444)  # images are never modified once built
     cache.publish(tmp, directory)
+
+
+def _dig_holes(path: Path) -> None:
+    """Zero pages (a guest's free memory, address space an allocator reserved) take no disk: the same
+    bytes, stored sparse (measured: a nano-gpt core 2.16 -> 0.95 GB, the cache 60 -> 49 GB).  Where
+    the file system or util-linux cannot, the file stays as it is."""
+    try:
+        subprocess.run(["fallocate", "--dig-holes", str(path)], check=False, capture_output=True, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def _image_files(kind: str, directory: Path, processes: List[dict]) -> List[Path]:
