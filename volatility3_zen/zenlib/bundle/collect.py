@@ -30,6 +30,7 @@ from .contents import BundleContents
 
 _NESTED_KINDS = ("nested", "lambda", "comprehension", "class-body")  # made at run time by their parent
 _VALUE_DEPTH = 8  # how deep a class attribute's containers are decoded
+_VALUE_OBJECTS = 100_000  # how many objects the simple attributes of one class may hold in all
 
 
 def collect(found, base: UnifiedRepresentation, model_diff: ModelDiff) -> BundleContents:
@@ -128,9 +129,13 @@ class _CodeMembers:
         for entry in self.entries:
             if entry["module"]:
                 names = names_by_module.setdefault(entry["module"], set())
-                pending = [entry["address"]]
+                pending, seen = [entry["address"]], set()
                 while pending:
-                    co = self.resolve(pending.pop())
+                    address = pending.pop()
+                    if address in seen:  # smeared consts can make code hold itself
+                        continue
+                    seen.add(address)
+                    co = self.resolve(address)
                     names.update(co.names)
                     pending.extend(nested_code(co.consts))
         return names_by_module
@@ -196,47 +201,69 @@ def _added_class_attributes(python: PythonProcess, target: UnifiedRepresentation
         address = addresses.get(cls.key)
         if address:
             try:
-                out[cls.key] = class_attributes(python, address)
+                out[cls.key] = class_attributes(python, address, warnings, cls.key)
             except DECODE_ERRORS as exc:
                 warnings.append(f"class {cls.key}: attributes unreadable ({exc})")
     return out
 
 
-def class_attributes(python: PythonProcess, address: int) -> Dict[str, Any]:
+def class_attributes(python: PythonProcess, address: int, warnings: Optional[List[str]] = None,
+                     label: str = "") -> Dict[str, Any]:
     """Public data attributes of a class's own namespace, where they are simple values (the encoded
-    form of ``representation.model.encode_value``); methods, descriptors and objects are left out."""
+    form of ``representation.model.encode_value``); methods, descriptors and objects are left out.
+    A container that contains itself is not a simple value; the walk of one class is bounded by
+    ``_VALUE_DEPTH`` and by ``_VALUE_OBJECTS`` objects in all (past it, attributes are left out)."""
     out = {}
+    walk = {"open": set(), "left": _VALUE_OBJECTS}
     for name, value in sorted(python.objects.type_namespace(address).items()):
         if name.startswith("__") and name.endswith("__") or python.method_function(value):
             continue
-        encoded = _simple_value(python, value, 0)
+        encoded = _simple_value(python, value, 0, walk)
         if encoded is not None:
             out[name] = encoded
+    if walk["left"] <= 0 and warnings is not None:
+        warnings.append(f"class {label or hex(address)}: the walk of its attributes stopped at its budget of "
+                        f"{_VALUE_OBJECTS:,} objects; attributes it had not reached are left out (a partial result)")
     return out
 
 
-def _simple_value(python: PythonProcess, obj: int, depth: int) -> Optional[dict]:
+def _simple_value(python: PythonProcess, obj: int, depth: int, walk: Dict[str, Any]) -> Optional[dict]:
     o = python.objects
-    if depth > _VALUE_DEPTH:
+    if depth > _VALUE_DEPTH or obj in walk["open"] or walk["left"] <= 0:
         return None
+    walk["left"] -= 1
     try:
         kind = o.kind(obj)  # exact kinds only: a subclass of int (an enum member) is not a plain value
-        if kind in ("list", "tuple"):
-            items = [_simple_value(python, i, depth + 1) for i in (o.list_items(obj) if kind == "list" else o.tuple_items(obj))]
-            return None if any(i is None for i in items) else {"t": kind, "v": items}
-        if kind == "dict":
-            items = []
-            for k, v in o.dict_items(obj):
-                encoded = _simple_value(python, v, depth + 1)
-                if o.kind(k) != "str" or encoded is None:
-                    return None
-                items.append([o.read_str(k), encoded])
-            return {"t": "dict", "v": items}
+        if kind in ("list", "tuple", "dict"):
+            walk["open"].add(obj)
+            try:
+                return _simple_container(python, obj, kind, depth, walk)
+            finally:
+                walk["open"].discard(obj)
         if kind in ("str", "bytes", "int", "bool", "float", "complex", "NoneType"):
             return encode_value(o.read_const(obj))
     except DECODE_ERRORS + (UnicodeDecodeError,):
         return None
     return None
+
+
+def _simple_container(python: PythonProcess, obj: int, kind: str, depth: int, walk: Dict[str, Any]) -> Optional[dict]:
+    """None at the first item that is not a simple value."""
+    o = python.objects
+    items = []
+    if kind == "dict":
+        for k, v in o.dict_items(obj):
+            encoded = _simple_value(python, v, depth + 1, walk) if o.kind(k) == "str" else None
+            if encoded is None:
+                return None
+            items.append([o.read_str(k), encoded])
+        return {"t": "dict", "v": items}
+    for item in (o.list_items(obj) if kind == "list" else o.tuple_items(obj)):
+        encoded = _simple_value(python, item, depth + 1, walk)
+        if encoded is None:
+            return None
+        items.append(encoded)
+    return {"t": kind, "v": items}
 
 
 # -- weights, model description, execution context ----------------------------------------------------

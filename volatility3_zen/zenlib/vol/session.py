@@ -14,12 +14,19 @@ elements they hold, then tensors, then modules, then address.
 Error policy (``_Selection``): a process the investigator chose (named with ``--pid``, or the one
 process of a core) that cannot be analysed is a fatal, one-line error (non-zero exit); when scanning
 every process of an image, such a process is a warning and the scan goes on.  An image with neither a
-Linux kernel nor a process core is fatal, never a silent empty table.
+Linux kernel nor a process core is fatal, never a silent empty table.  A process that hosts CPython and
+is passed over says why at WARNING level (no torch, no --root for a plain-Python model, unreadable);
+kernel threads and processes without CPython are counted in one line at the end of the scan (WARNING
+when the scan found no CPython process at all).  An empty result always says why at WARNING level.
+
+Output files (``check_output_dir``): a plugin that will write files checks the output directory before
+the analysis, so that an unwritable ``-o`` is a one-line error at once, not a traceback at the end.
 """
 
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -86,22 +93,64 @@ def fail(message: str) -> None:
     raise SystemExit(1)
 
 
+def check_output_dir(plugin) -> None:
+    """Fails with one line, before any analysis, when the plugin's output directory (``vol -o DIR``)
+    is not a directory or cannot be written.  A plugin run without Volatility's CLI (no output
+    directory known) is not checked."""
+    directory = _output_dir(plugin)
+    if directory is None:
+        return
+    if not os.path.isdir(directory):
+        fail(f"output directory {directory}: " + ("not a directory" if os.path.exists(directory) else "does not exist"))
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".zen-write-check-"):
+            pass
+    except OSError as exc:
+        fail(f"output directory {directory}: cannot write there ({exc.strerror or exc})")
+
+
+def _output_dir(plugin) -> Optional[str]:
+    """The directory the plugin's file handler writes to: Volatility's CLI handler keeps it in the
+    closure of its ``_get_final_filename`` (``volatility3/cli``, ``file_handler_class_factory``)."""
+    try:
+        handler = plugin.open
+    except Exception:  # noqa: BLE001 -- no file handler set: nothing to check
+        return None
+    final = getattr(handler, "_get_final_filename", None)
+    code, cells = getattr(final, "__code__", None), getattr(final, "__closure__", None)
+    if code is None or not cells or "output_dir" not in code.co_freevars:
+        return None
+    try:
+        value = cells[code.co_freevars.index("output_dir")].cell_contents
+    except ValueError:  # an empty cell
+        return None
+    return value if isinstance(value, str) else None
+
+
 class _Selection:
     """The error policy: which processes the investigator chose, and what a failure on one means."""
 
     def __init__(self, config):
         self.pids: Optional[List[int]] = config.get("pid") or None
+        self.passed_over: Dict[str, int] = {}  # the reason of a routine skip (kernel thread, no CPython) -> count
 
     def chosen(self, target: Target) -> bool:
         # A process core holds exactly the process the investigator chose: treat it as named.
         return bool(self.pids) or target.source == "core"
 
-    def skip(self, target: Target, reason: str, level: int = logging.WARNING) -> None:
-        """A process that cannot be analysed: fatal when chosen, else logged and passed over."""
+    def skip(self, target: Target, reason: str, level: int = logging.WARNING, routine: str = "") -> None:
+        """A process that cannot be analysed: fatal when chosen, else logged and passed over.  A
+        ``routine`` skip (a kernel thread, a process without CPython) is also counted under that name
+        for the one line ``passed_over_line`` gives at the end of the scan."""
         message = f"PID {target.pid} ({target.name}): {reason}"
         if self.chosen(target):
             fail(message)
+        if routine:
+            self.passed_over[routine] = self.passed_over.get(routine, 0) + 1
         vollog.log(level, "%s", message)
+
+    def passed_over_line(self) -> str:
+        return ", ".join(f"{count} {what}" for what, count in sorted(self.passed_over.items()))
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -132,20 +181,24 @@ def python_processes(context, config) -> Iterator[Tuple[Target, PythonProcess]]:
         if pid not in found_pids:
             fail(f"PID {pid} not found in the image (it holds PID {', '.join(map(str, sorted(found_pids)))})"
                  if len(found_pids) <= 5 else f"PID {pid} not found in the image")
+    passed_over = selection.passed_over_line()
     if opened == 0:
-        vollog.warning("no CPython process found in the image")
+        vollog.warning("no CPython process found in the image" + (f" (passed over: {passed_over})" if passed_over else ""))
+    elif passed_over:
+        vollog.info("passed over: %s (-vv lists them)", passed_over)
 
 
 def _open_python(target: Target, selection: _Selection) -> Optional[PythonProcess]:
     if target.memory is None:
-        selection.skip(target, "no user address space (kernel thread or exiting process)", logging.DEBUG)
+        selection.skip(target, "no user address space (kernel thread or exiting process)", logging.DEBUG,
+                       routine="kernel threads or exiting processes")
         return None
     try:
         if not hosts_python(target.memory):
             reason = ("no CPython interpreter found in this core (not a Python process, a truncated core, or"
                       " captured without file-backed pages)" if target.source == "core"
                       else "does not host a CPython interpreter")
-            selection.skip(target, reason, logging.DEBUG)
+            selection.skip(target, reason, logging.DEBUG, routine="processes without CPython")
             return None
         return PythonProcess(target.memory)
     except DECODE_ERRORS as exc:
@@ -165,12 +218,15 @@ def programs(context, config, progress: Optional[Callable] = None) -> Iterator[T
 
 
 def _open_torch(target: Target, process: PythonProcess, selection: _Selection) -> Optional[TorchProcess]:
-    """The process's torch, or None (skipped by the policy).  A Python process without torch is routine
-    when scanning (INFO); an unreadable or unsupported torch is not (WARNING)."""
+    """The process's torch, or None (skipped by the policy, with a WARNING that says why: no torch
+    imported, or an unreadable or unsupported one)."""
     try:
         return TorchProcess(process)
     except DECODE_ERRORS as exc:
-        selection.skip(target, _describe(exc), logging.INFO if isinstance(exc, NoPythonError) else logging.WARNING)
+        reason = _describe(exc)
+        if isinstance(exc, NoPythonError):
+            reason += "; its models cannot be read (linux.zen.codeobjects lists its code)"
+        selection.skip(target, reason)
         return None
 
 
@@ -235,7 +291,7 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
         except NoPythonError as exc:
             torch_process = None
             if not roots:
-                selection.skip(target, f"{exc}; a plain-Python model needs --root ADDRESS", logging.INFO)
+                selection.skip(target, f"{exc}; a plain-Python model needs --root ADDRESS")
                 continue
         except DECODE_ERRORS as exc:
             selection.skip(target, _describe(exc))
@@ -258,7 +314,7 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
                 try:
                     fingerprint = fingerprinter.plain_object(root, dict(provenance, root=root))
                 except DECODE_ERRORS as exc:
-                    selection.skip(target, f"no readable object at --root 0x{root:x} ({exc})", logging.DEBUG)
+                    selection.skip(target, f"no readable object at --root 0x{root:x} ({exc})")
                     continue
                 found += 1
                 yield FoundModel(target, process, None, fingerprint)
@@ -315,6 +371,13 @@ def ranked_roots(target: Target, torch_process: TorchProcess, addresses=None, al
         vollog.warning("PID %d: %d stray root(s) left out, single modules without parameters or of a framework class"
                        " (%s); --all-roots lists them", target.pid, len(strays), shown)
         models = [m for m in models if not stray_root(m)]
+    if not models and not strays:  # an empty result says why
+        if addresses:
+            vollog.warning("PID %d: no readable nn.Module at --root %s in this process", target.pid,
+                           ", ".join(f"0x{a:x}" for a in sorted(addresses)))
+        else:
+            vollog.warning("PID %d: torch %s is imported but no nn.Module tree was found (no model built yet, or "
+                           "freed; smeared GC lists: see the warnings above)", target.pid, torch_process.torch_version)
     return RankedRoots(sorted(models, key=rank_key), len(strays))
 
 

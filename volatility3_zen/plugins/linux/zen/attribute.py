@@ -61,6 +61,8 @@ class Attribute(interfaces.plugins.PluginInterface):
                   len(ur.mr.layers) if ur.mr else 0, len(ur.pr.code), len(ur.pr.classes), str(path))
 
     def _attribute(self) -> Iterator[Tuple[int, tuple]]:
+        if self.config.get("dump"):
+            session.check_output_dir(self)
         for found, result, _bases in session.attributed_models(self.context, self.config, bool(self.config.get("source"))):
             target, ur, root = found.target, found.ur, found.root
             if self.config.get("dump"):

@@ -32,13 +32,26 @@ class CodeObjects(interfaces.plugins.PluginInterface):
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
-        module_filter = re.compile(self.config["module"]) if self.config.get("module") else None
+        if self.config.get("dump"):
+            session.check_output_dir(self)
+        module_filter = None
+        if self.config.get("module"):
+            try:
+                module_filter = re.compile(self.config["module"])
+            except re.error as exc:
+                session.fail(f"--module {self.config['module']!r} is not a regular expression ({exc})")
         user_only = self.config.get("user-only")
         for _target, program in session.programs(self.context, self.config, self._progress_callback):
+            everything = list(index_code_objects(program))
             entries = [
-                e for e in index_code_objects(program)
+                e for e in everything
                 if (not user_only or e.user_code) and (module_filter is None or module_filter.search(e.module or ""))
             ]
+            if not entries:  # an empty result says why
+                vollog.warning("PID %d: %s", program.pid, "no code object recovered" if not everything else
+                               f"none of its {len(everything)} code objects matches "
+                               + " and ".join(f for f in (module_filter and f"--module {module_filter.pattern}",
+                                                          user_only and "--user-only") if f))
             sources = {}  # code address -> source text, shared by the dump and the Source column
             if self.config.get("dump"):
                 self._dump(program, entries, sources)

@@ -34,6 +34,8 @@ class Model(interfaces.plugins.PluginInterface):
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
+        if self.config.get("dump"):
+            session.check_output_dir(self)
         roots = set(self.config.get("root") or [])
         for target, torch_process in session.torch_processes(self.context, self.config):
             context = torch_process.execution_context(numerics=bool(self.config.get("dump")))

@@ -39,6 +39,8 @@ class PatchGen(interfaces.plugins.PluginInterface):
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
+        if self.config.get("dump"):
+            session.check_output_dir(self)
         for found, result, bases in session.attributed_models(self.context, self.config):
             pid, root, ur = found.target.pid, found.root, found.ur
             if not result.matched:

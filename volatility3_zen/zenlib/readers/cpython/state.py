@@ -13,6 +13,13 @@ so a module reachable twice or a tensor tied between two layers is one object af
 Containers are inline.  A value that cannot be described (a C function, a bound method, a numpy
 array) becomes ``{"t": "unsupported"}`` and a warning with its path: the rebuild leaves the
 attribute out and says so.
+
+The walk is bounded whatever the graph (docs/patchgen.md, "Budgets"): objects with an identity are
+described once (a seen-set), a container that contains itself (a list holding itself, a dict holding a
+list holding that dict) is a cycle that inline JSON cannot hold and becomes ``{"t": "unsupported",
+"type": "cycle"}`` with a warning, and one ``WalkBudget`` counts every object visited and every byte of
+str/bytes decoded: past it, what is left becomes ``{"t": "unsupported", "type": "budget"}`` and one
+warning says where the walk stopped (a partial state, never a hang).
 """
 
 from typing import Dict, Iterable, List, Optional, Set, Tuple
@@ -24,6 +31,57 @@ from .recover import PythonProcess
 OBJECTS_SCHEMA_VERSION = 1
 _MAX_DEPTH = 48
 _SCALARS = ("str", "bytes", "int", "bool", "float", "complex", "NoneType", "ellipsis")
+_CONTAINERS = ("list", "tuple", "set", "frozenset", "dict")
+# The budget of one object-state walk (one bundle): about 30 times the largest real model's state
+# (a module is some 30 objects: its __dict__, hook tables, hyper-parameters).
+STATE_MAX_OBJECTS = 1_000_000
+STATE_MAX_BYTES = 256 << 20
+
+
+class WalkBudget:
+    """The overall limit of one walk over the object graph: objects visited and bytes of values decoded.
+
+    A depth limit alone does not bound a walk: a list that contains itself twice, 48 levels deep, is
+    2**48 visits.  ``visit`` and ``read`` count; the first call past either limit records where the walk
+    stopped (``exceeded``, the text of the one warning) and every call after it answers False at once,
+    so the caller leaves the rest out and the result is partial."""
+
+    def __init__(self, what: str, max_objects: int, max_bytes: int, unit: str = "objects"):
+        self.what = what
+        self.unit = unit  # what ``visit`` counts, for the warning
+        self.max_objects = max_objects
+        self.max_bytes = max_bytes
+        self.objects = 0
+        self.bytes = 0
+        self.exceeded: Optional[str] = None
+
+    def visit(self, where: str, count: int = 1) -> bool:
+        """Counts ``count`` objects; False once the budget is spent (the object is not to be walked)."""
+        if self.exceeded is not None:
+            return False
+        self.objects += count
+        if self.objects > self.max_objects:
+            self.stop(where, f"{self.max_objects:,} {self.unit}")
+            return False
+        return True
+
+    def read(self, where: str, nbytes: int) -> bool:
+        """Counts ``nbytes`` decoded; False once the budget is spent."""
+        if self.exceeded is not None:
+            return False
+        self.bytes += nbytes
+        if self.bytes > self.max_bytes:
+            self.stop(where, f"{self.max_bytes:,} bytes of values")
+            return False
+        return True
+
+    @property
+    def spent(self) -> bool:
+        return self.exceeded is not None
+
+    def stop(self, where: str, limit: str) -> None:
+        self.exceeded = (f"{self.what}: the walk stopped at its budget of {limit} (at {where or '(root)'}); "
+                         f"what it had not reached is left out (a partial result)")
 
 
 class StateReader:
@@ -31,7 +89,8 @@ class StateReader:
     tensors, dtypes: ``torch.state.TorchValues``): its ``value(reader, obj, type_addr, path, depth)``
     returns an encoded value, or None to leave the object to the generic encoding."""
 
-    def __init__(self, python: PythonProcess, extension=None, local_modules: Iterable[str] = ()):
+    def __init__(self, python: PythonProcess, extension=None, local_modules: Iterable[str] = (),
+                 budget: Optional[WalkBudget] = None):
         self.py = python
         self.o = python.objects
         self.extension = extension
@@ -49,6 +108,10 @@ class StateReader:
         self._unlisted_globals: Dict[str, int] = {}
         self.local_modules: Set[str] = set(local_modules)  # modules the base lacks: their functions are described in full
         self._inline_functions: Set[int] = set()  # and these (added to a module the base has)
+        self.budget = budget or WalkBudget("object state", STATE_MAX_OBJECTS, STATE_MAX_BYTES)
+        self._open_containers: Set[int] = set()  # the containers being encoded: the path from the root
+        self._cycles: Set[int] = set()  # containers found inside themselves (warned once each)
+        self._budget_warned = False
 
     # -- names ---------------------------------------------------------------------------------------
     def modules(self) -> Dict[str, int]:
@@ -88,11 +151,19 @@ class StateReader:
 
     # -- values --------------------------------------------------------------------------------------
     def encode(self, obj: int, path: str, depth: int = 0) -> dict:
+        if not self.budget.visit(path):
+            return self._over_budget()
         try:
             return self._encode(obj, path, depth)
         except DECODE_ERRORS + (UnicodeDecodeError,) as exc:
             self.warnings.append(f"{path}: unreadable ({exc})")
             return {"t": "unsupported", "type": "unreadable", "reason": str(exc)}
+
+    def _over_budget(self) -> dict:
+        if not self._budget_warned:
+            self._budget_warned = True
+            self.warnings.append(self.budget.exceeded)
+        return {"t": "unsupported", "type": "budget"}
 
     def _encode(self, obj: int, path: str, depth: int) -> dict:
         o = self.o
@@ -102,7 +173,27 @@ class StateReader:
         type_addr = o.type_of(obj)
         kind = o.kind_of_type(type_addr)
         if kind in _SCALARS:
-            return encode_const(o.read_const(obj))
+            value = o.read_const(obj)
+            if isinstance(value, (str, bytes)) and not self.budget.read(path, len(value)):
+                return self._over_budget()
+            return encode_const(value)
+        if obj in self._open_containers:
+            # A container met again inside itself: inline JSON cannot hold the cycle (one warning each).
+            if obj not in self._cycles:
+                self._cycles.add(obj)
+                self.warnings.append(f"{path}: a {o.base_kind(obj)} met again inside itself (a cycle of containers);"
+                                     f" the rebuild leaves this reference out")
+            return {"t": "unsupported", "type": "cycle"}
+        if kind in _CONTAINERS or (kind in ("heap", "other") and o.base_kind(obj) in ("dict", "list", "tuple")):
+            self._open_containers.add(obj)
+            try:
+                return self._encode_object(obj, type_addr, kind, path, depth)
+            finally:
+                self._open_containers.discard(obj)
+        return self._encode_object(obj, type_addr, kind, path, depth)
+
+    def _encode_object(self, obj: int, type_addr: int, kind: str, path: str, depth: int) -> dict:
+        o = self.o
         if kind in ("list", "tuple", "set", "frozenset"):
             items = o.list_items(obj) if kind == "list" else o.tuple_items(obj) if kind == "tuple" else o.set_items(obj)
             return {"t": kind, "v": [self.encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(items)]}
@@ -186,7 +277,7 @@ class StateReader:
             # took its name, or living in a module the base environment lacks: no name to look it up
             # by there, so the function itself is described and its code shipped.
             return self.identity(obj, path, depth, lambda a, p, d: {"kind": "function", "path": p,
-                                                                      **self.function_entry(a, "function")})
+                                                                      **self.function_entry(a, "function", depth=d)})
         return {"t": "function", "module": func.module, "qualname": func.qualname}
 
     def describe_in_full(self, func_addr: int) -> None:
@@ -241,8 +332,10 @@ class StateReader:
         return entry
 
     # -- functions and classes for code the base lacks ------------------------------------------------
-    def function_entry(self, func_addr: int, wrapper: str, class_addr: int = 0) -> dict:
-        """A function object's parts that the code object lacks: defaults, closure, globals' module."""
+    def function_entry(self, func_addr: int, wrapper: str, class_addr: int = 0, depth: int = 0) -> dict:
+        """A function object's parts that the code object lacks: defaults, closure, globals' module.
+        ``depth``: how deep in the object state the function was met (a chain of functions whose
+        defaults or closures hold the next one is nested like any other value)."""
         o = self.o
         func = self.py.read_function(func_addr)
         raw = self.py.function_pointers(func_addr)
@@ -255,9 +348,9 @@ class StateReader:
                  "code": raw["func_code"], "globals": globals_module,
                  "defaults": None, "kwdefaults": None, "closure": None}
         if raw["func_defaults"]:
-            entry["defaults"] = self.encode(raw["func_defaults"], f"{label}.__defaults__")
+            entry["defaults"] = self.encode(raw["func_defaults"], f"{label}.__defaults__", depth + 1)
         if raw["func_kwdefaults"]:
-            entry["kwdefaults"] = self.encode(raw["func_kwdefaults"], f"{label}.__kwdefaults__")
+            entry["kwdefaults"] = self.encode(raw["func_kwdefaults"], f"{label}.__kwdefaults__", depth + 1)
         if raw["func_closure"]:
             cells = []
             for i, cell in enumerate(o.tuple_items(raw["func_closure"])):
@@ -267,7 +360,7 @@ class StateReader:
                 elif content == class_addr:
                     cells.append({"t": "class_cell"})  # super()'s __class__: the rebuilt class itself
                 else:
-                    cells.append(self.encode(content, f"{label}.__closure__[{i}]"))
+                    cells.append(self.encode(content, f"{label}.__closure__[{i}]", depth + 1))
             entry["closure"] = cells
         return entry
 

@@ -5,6 +5,15 @@ list of known class names).  A root is a module that no other module lists among
 The tree follows each module's ``_modules`` dict, which keeps registration order, exactly as
 ``named_modules()`` walks it; tensors come from ``_parameters`` / ``_buffers`` as
 ``named_parameters`` / ``named_buffers`` (``remove_duplicate=False``) list them.
+
+Each model's walk is bounded whatever the graph (docs/model.md, "Budgets"): a module met again on its
+own path is a cycle and is not entered; a module met again elsewhere (a shared submodule) is read once
+and only its names are walked again; a hyper-parameter that contains itself is not a simple value and
+a container shared inside the values is read once.  ``WalkBudget``s count what is left: module visits
+and tensor entries (the tree), those made under a module met before (a shared submodule's other names:
+a module shared at every level of a deep tree has exponentially many), and the objects and str/bytes
+bytes of the hyper-parameter values.  Past one the walk stops with one warning (past the second, only
+the re-walks stop) and the model is partial, never a hang.
 """
 
 import hashlib
@@ -14,6 +23,7 @@ from ...errors import CorruptObjectError, NoPythonError, UnsupportedVersionError
 from ...representation.model import ExecutionContext, Numerics, RecoveredModel, ModuleNode, TensorEntry, encode_value
 from ..cpython.objects import DECODE_ERRORS
 from ..cpython.recover import PythonProcess
+from ..cpython.state import WalkBudget
 from .layouts import load_torch_layout
 from .numerics import read_numerics
 from .tensors import TensorDataUnavailableError, TensorReader
@@ -31,8 +41,15 @@ HOOK_DICTS = (
 _INTERNAL = {"_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"} | set(HOOK_DICTS)
 # Limits of one model's walk: deeper nesting or more module visits than any real model has means a
 # cycle or smeared pointers; the walk stops there with a warning instead of recursing without end.
+# The largest real trees have tens of thousands of modules and tensors (one nn.Linear per expert of a
+# mixture of experts) and a few thousand hyper-parameter values (docs/model.md, "Budgets").
 MAX_MODULE_DEPTH = 200
-MAX_MODULE_VISITS = 200_000
+MAX_MODULE_VISITS = 200_000  # the tree's budget: module visits and tensor entries (a shared module counts each time)
+MAX_REPEATED_VISITS = 20_000  # of those, made under a module met before (a shared submodule's other names)
+VALUE_MAX_OBJECTS = 1_000_000  # the hyper-parameters' budget: objects of the values of all the model's modules
+VALUE_MAX_BYTES = 64 << 20  # and bytes of their str/bytes values
+MAX_VALUE_DEPTH = 16
+MAX_CYCLE_CANDIDATES = 1_000  # modules outside every root's tree examined as the root of a cycle
 
 
 class TorchProcess:
@@ -159,49 +176,83 @@ class TorchProcess:
                 out.append(name)
         return out
 
-    def hyperparameters(self, attrs: Dict[str, int]) -> Dict[str, dict]:
+    def hyperparameters(self, attrs: Dict[str, int], walk: Optional["_ValueWalk"] = None,
+                        where: str = "") -> Dict[str, dict]:
+        walk = walk or _ValueWalk(WalkBudget("hyper-parameters", VALUE_MAX_OBJECTS, VALUE_MAX_BYTES))
         out = {}
         for name, value in attrs.items():
             if name.startswith("_") or name in _INTERNAL:
                 continue
-            decoded = self.value(value)
+            decoded = self.value(value, walk=walk, where=f"{where}.{name}" if where else name)
             if decoded is not None:
                 out[name] = decoded
         return out
 
-    def value(self, obj: int, depth: int = 0) -> Optional[dict]:
-        """Encoded simple value (None when it is not built from simple values)."""
+    def value(self, obj: int, depth: int = 0, walk: Optional["_ValueWalk"] = None, where: str = "") -> Optional[dict]:
+        """Encoded simple value (None when it is not built from simple values: a container that contains
+        itself is not; nor is one nested deeper than ``MAX_VALUE_DEPTH``, nor one the walk's budget
+        cannot pay for).  A container shared inside the value is read once (``walk.done``)."""
+        walk = walk or _ValueWalk(WalkBudget("a value", VALUE_MAX_OBJECTS, VALUE_MAX_BYTES))
+        return self._value(obj, depth, walk, where)[0]
+
+    def _value(self, obj: int, depth: int, walk: "_ValueWalk", where: str) -> Tuple[Optional[dict], int]:
+        """(encoded value or None, the number of objects it holds)."""
         o = self.o
-        if depth > 16:
-            return None
+        if depth > MAX_VALUE_DEPTH or obj in walk.open:
+            return None, 0
+        known = walk.done.get(obj)
+        if known is not None and known[2] >= depth:  # read before, at this depth or deeper: it fits here too
+            return (known[0], known[1]) if walk.budget.visit(where, known[1]) else (None, 0)
+        if not walk.budget.visit(where):
+            return None, 0
         try:
             kind = o.base_kind(obj)
-            if kind == "list":
-                items = [self.value(i, depth + 1) for i in o.list_items(obj)]
-                return None if any(i is None for i in items) else {"t": "list", "v": items}
-            if kind == "tuple":
-                items = [self.value(i, depth + 1) for i in o.tuple_items(obj)]
-                return None if any(i is None for i in items) else {"t": "tuple", "v": items}
-            if kind == "dict":
-                items = []
-                for k, v in o.dict_items(obj):
-                    if o.kind(k) != "str":
-                        return None
-                    encoded = self.value(v, depth + 1)
-                    if encoded is None:
-                        return None
-                    items.append([o.read_str(k), encoded])
-                return {"t": "dict", "v": items}
+            if kind in ("list", "tuple", "dict"):
+                walk.open.add(obj)
+                try:
+                    encoded, size = self._container(obj, kind, depth, walk, where)
+                finally:
+                    walk.open.discard(obj)
+                if encoded is not None:
+                    walk.done[obj] = (encoded, size, depth)
+                return encoded, size
             if kind in ("str", "bytes", "int", "bool", "float", "complex", "NoneType") and o.kind(obj) == kind:
-                return encode_value(o.read_const(obj))
+                constant = o.read_const(obj)
+                if isinstance(constant, (str, bytes)) and not walk.budget.read(where, len(constant)):
+                    return None, 0
+                return encode_value(constant), 1
             type_name = o.type_name(o.type_of(obj))
             if type_name == "torch.dtype":
-                return {"t": "dtype", "v": self.dtype_name(obj)}
+                return {"t": "dtype", "v": self.dtype_name(obj)}, 1
             if type_name == "torch.device":
-                return {"t": "device", "v": self.device_name(obj)}
+                return {"t": "device", "v": self.device_name(obj)}, 1
         except DECODE_ERRORS + (UnicodeDecodeError,):
-            return None
-        return None
+            return None, 0
+        return None, 0
+
+    def _container(self, obj: int, kind: str, depth: int, walk: "_ValueWalk", where: str) -> Tuple[Optional[dict], int]:
+        """A list, tuple or str-keyed dict of simple values; None at the first item that is not one."""
+        o = self.o
+        size = 1
+        if kind == "dict":
+            items = []
+            for k, v in o.dict_items(obj):
+                if o.kind(k) != "str":
+                    return None, 0
+                encoded, n = self._value(v, depth + 1, walk, where)
+                if encoded is None:
+                    return None, 0
+                items.append([o.read_str(k), encoded])
+                size += n
+            return {"t": "dict", "v": items}, size
+        items = []
+        for item in (o.list_items(obj) if kind == "list" else o.tuple_items(obj)):
+            encoded, n = self._value(item, depth + 1, walk, where)
+            if encoded is None:
+                return None, 0
+            items.append(encoded)
+            size += n
+        return {"t": kind, "v": items}, size
 
     def dtype_name(self, obj: int) -> str:
         """``str(torch.float16)`` without the prefix, from a THPDtype's scalar type."""
@@ -224,6 +275,7 @@ class TorchProcess:
         e.g. the DetectionModel inside ultralytics' YOLO wrapper, itself an nn.Module)."""
         instances = self.module_instances()
         attrs_of: Dict[int, Dict[str, int]] = {}
+        children_of: Dict[int, List[int]] = {}
         child_of: Set[int] = set()
         for obj in instances:
             try:
@@ -233,38 +285,76 @@ class TorchProcess:
                 continue
             attrs_of[obj] = attrs
             try:
-                child_of.update(addr for _, addr in self.children(attrs))
+                children_of[obj] = [addr for _, addr in self.children(attrs)]
+                child_of.update(children_of[obj])
             except DECODE_ERRORS:
                 pass
+        roots = set(addresses) if addresses else {r for r in instances if r not in child_of}
+        if not addresses:
+            roots |= self._cycle_roots([m for m in instances if m in attrs_of], children_of, roots)
         for root in instances:
-            wanted = root in addresses if addresses else root not in child_of
-            if root in attrs_of and wanted:
+            if root in attrs_of and root in roots:
                 try:
                     yield self.model(root, attrs_of, read_bytes)
                 except DECODE_ERRORS as exc:
                     self._warn(f"model at 0x{root:x}: root module unreadable ({exc}); left out")
+
+    def _cycle_roots(self, modules: List[int], children_of: Dict[int, List[int]], roots: Set[int]) -> Set[int]:
+        """Roots for the modules that no root reaches because they are their own ancestors (a module
+        registered as its own child, or a child that registered its parent: ``self.owner = parent``).
+        Each such group gets one root: its first module on the GC lists (allocation order: the outer
+        module) among those that reach every parent they have; the walk then meets the cycle and says so."""
+        def reach(start: int) -> Set[int]:
+            seen, pending = {start}, [start]
+            while pending:
+                for child in children_of.get(pending.pop(), ()):
+                    if child not in seen:
+                        seen.add(child)
+                        pending.append(child)
+            return seen
+
+        reached: Set[int] = set()
+        for root in roots:
+            reached |= reach(root)
+        orphans = [m for m in modules if m not in reached]
+        if not orphans:
+            return set()
+        parents: Dict[int, Set[int]] = {}
+        for parent, children in children_of.items():
+            for child in children:
+                parents.setdefault(child, set()).add(parent)
+        found: Set[int] = set()
+        for module in orphans[:MAX_CYCLE_CANDIDATES]:
+            if module in reached:
+                continue
+            below = reach(module)
+            if parents.get(module, set()) <= below:
+                found.add(module)
+                reached |= below
+                self._warn(f"module at 0x{module:x} is its own ancestor and no root holds it (a cycle of "
+                           f"_modules): taken as a root")
+        return found
 
     def _warn(self, text: str) -> None:
         self.py.objects.warnings.append(text)
 
     def model(self, root: int, attrs_of: Dict[int, Dict[str, int]], read_bytes: bool = True) -> RecoveredModel:
         """The model rooted at ``root``.  What smeared memory made unreadable is left out with a warning,
-        at the smallest unit that owns it: a tensor, a tensor table, a module with its submodules."""
+        at the smallest unit that owns it: a tensor, a tensor table, a module with its submodules.  What
+        the walk's budget did not reach is left out with one warning (module docstring)."""
         module, qualname = self.class_path(root)
         model = RecoveredModel(root_address=root, root_class=f"{module}.{qualname}")
-        seen: Set[int] = set()
+        tree = WalkBudget(f"model at 0x{root:x}: module tree", MAX_MODULE_VISITS, 0, "module visits and tensor entries")
+        again = WalkBudget(f"model at 0x{root:x}: shared submodules", MAX_REPEATED_VISITS, 0,
+                           "module visits and tensor entries under modules met before")
+        values = _ValueWalk(WalkBudget(f"model at 0x{root:x}: hyper-parameters", VALUE_MAX_OBJECTS, VALUE_MAX_BYTES))
+        read: Dict[int, Optional[_ModuleRead]] = {}  # module address -> what was read of it (None: unreadable)
+        tensor_infos: Dict[int, object] = {}  # tensor address -> TensorInfo, or the exception reading it gave
         on_path: Set[int] = set()
         storage_owner: Dict[int, str] = {}
-        visits = [0]
 
-        def visit(prefix: str, obj: int, depth: int) -> None:
+        def read_module(prefix: str, obj: int, depth: int) -> Optional[_ModuleRead]:
             where = prefix or "(root)"
-            if obj in on_path or depth > MAX_MODULE_DEPTH or visits[0] >= MAX_MODULE_VISITS:
-                self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} not walked (a cycle, or nesting or "
-                           f"size beyond any real model: smeared pointers)")
-                model.unreadable.append(f"module {where}")
-                return
-            visits[0] += 1
             try:
                 attrs = attrs_of.get(obj)
                 if attrs is None:
@@ -273,42 +363,90 @@ class TorchProcess:
                 children = self.children(attrs)
             except DECODE_ERRORS as exc:
                 self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} unreadable ({exc}); left out with its submodules")
-                model.unreadable.append(f"module {where}")
-                return
-            if obj not in seen:
-                seen.add(obj)
-                model.modules.append(ModuleNode(prefix, obj, mod, qual, depth, [n for n, _ in children],
-                                                self.hyperparameters(attrs), self._contained(where, "hooks", lambda: self.hooks(attrs), [])))
+                return None
+            model.modules.append(ModuleNode(prefix, obj, mod, qual, depth, [n for n, _ in children],
+                                            self.hyperparameters(attrs, values, where),
+                                            self._contained(where, "hooks", lambda: self.hooks(attrs), [])))
             nonpersistent = self._contained(where, "_non_persistent_buffers_set", lambda: self.non_persistent(attrs), set())
+            tensors = []
             for kind, table in (("parameter", "_parameters"), ("buffer", "_buffers")):
                 for name, tensor in self._contained(where, table, lambda: self.tensor_dict(attrs, table), []):
-                    full = f"{prefix}.{name}" if prefix else name
+                    tensors.append((kind, name, tensor, kind == "parameter" or name not in nonpersistent))
+            return _ModuleRead(children, tensors)
+
+        def visit(prefix: str, obj: int, depth: int, repeated: bool = False) -> None:
+            """``repeated``: under a module met before, whose other names only are walked here."""
+            where = prefix or "(root)"
+            if obj in on_path:
+                self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} not walked: it is its own ancestor "
+                           f"(a cycle of _modules)")
+                model.unreadable.append(f"module {where}")
+                return
+            if depth > MAX_MODULE_DEPTH:
+                self._warn(f"model at 0x{root:x}: module {where} at 0x{obj:x} not walked (nesting beyond any real "
+                           f"model: smeared pointers)")
+                model.unreadable.append(f"module {where}")
+                return
+            repeated = repeated or obj in read
+            if not tree.visit(where) or (repeated and not again.visit(where)):
+                return
+            if obj not in read:  # a module reachable twice is read once; its names are walked each time
+                read[obj] = read_module(prefix, obj, depth)
+            known = read[obj]
+            if known is None:
+                model.unreadable.append(f"module {where}")
+                return
+            for kind, name, tensor, persistent in known.tensors:
+                full = f"{prefix}.{name}" if prefix else name
+                if not tree.visit(full) or (repeated and not again.visit(full)):
+                    return
+                info = tensor_infos.get(tensor)
+                if info is None:
                     try:
                         info = self.tensors.read_tensor(tensor)
                     except DECODE_ERRORS as exc:
-                        self._warn(f"model at 0x{root:x}: tensor {full} at 0x{tensor:x} unreadable ({exc}); left out")
-                        model.unreadable.append(f"tensor {full}")
-                        continue
-                    entry = TensorEntry(full, kind, kind == "parameter" or name not in nonpersistent, info)
-                    if info.storage_address:
-                        entry.shares_storage_with = storage_owner.setdefault(info.storage_address, full)
-                        if entry.shares_storage_with == full:
-                            entry.shares_storage_with = None
-                    model.tensors.append(entry)
+                        info = exc
+                    tensor_infos[tensor] = info
+                if isinstance(info, Exception):
+                    self._warn(f"model at 0x{root:x}: tensor {full} at 0x{tensor:x} unreadable ({info}); left out")
+                    model.unreadable.append(f"tensor {full}")
+                    continue
+                entry = TensorEntry(full, kind, persistent, info)
+                if info.storage_address:
+                    entry.shares_storage_with = storage_owner.setdefault(info.storage_address, full)
+                    if entry.shares_storage_with == full:
+                        entry.shares_storage_with = None
+                model.tensors.append(entry)
             on_path.add(obj)
-            for name, child in children:
-                visit(f"{prefix}.{name}" if prefix else name, child, depth + 1)
+            for name, child in known.children:
+                visit(f"{prefix}.{name}" if prefix else name, child, depth + 1, repeated)
             on_path.discard(obj)
 
         visit("", root, 0)
+        if tree.exceeded is not None:
+            self._warn(tree.exceeded)
+            model.unreadable.append("modules and tensors beyond the walk's budget")
+        if again.exceeded is not None:  # the modules themselves were all walked: only names are missing
+            self._warn(again.exceeded + ": their tensors keep their first names only")
+            model.unreadable.append("names of shared submodules beyond the walk's budget")
+        if values.budget.exceeded is not None:
+            self._warn(values.budget.exceeded + ": those hyper-parameters are left out")
         # named_modules() drops repeated modules, named_parameters(remove_duplicate=False) does not:
         # tensors were collected on the full walk above, module nodes once each.
         if read_bytes:
+            digests: Dict[int, object] = {}  # tensor address -> sha256, or the warning reading it gave
             for entry in model.tensors:
-                try:
-                    entry.sha256 = hashlib.sha256(self.tensors.read_bytes(entry.info)).hexdigest()
-                except (TensorDataUnavailableError,) + DECODE_ERRORS as exc:
-                    entry.warning = str(exc)
+                digest = digests.get(entry.info.address)
+                if digest is None:
+                    try:
+                        digest = hashlib.sha256(self.tensors.read_bytes(entry.info)).hexdigest()
+                    except (TensorDataUnavailableError,) + DECODE_ERRORS as exc:
+                        digest = exc
+                    digests[entry.info.address] = digest
+                if isinstance(digest, Exception):
+                    entry.warning = str(digest)
+                else:
+                    entry.sha256 = digest
         model.graph_edges = graph_edges(model)
         return model
 
@@ -338,6 +476,28 @@ class TorchProcess:
                 self._numerics = read_numerics(self.py)
             context.numerics = self._numerics
         return context
+
+
+class _ValueWalk:
+    """One walk's state over hyper-parameter values: its budget, the containers open on the current
+    path (a container met again inside itself is a cycle) and those already encoded (address ->
+    (encoded, objects it holds, depth it was read at))."""
+
+    def __init__(self, budget: WalkBudget):
+        self.budget = budget
+        self.open: Set[int] = set()
+        self.done: Dict[int, Tuple[dict, int, int]] = {}
+
+
+class _ModuleRead:
+    """What the walk read of one module: its children and its tensor tables (kind, name, address,
+    persistent), read once however many times the module is reached."""
+
+    __slots__ = ("children", "tensors")
+
+    def __init__(self, children: List[Tuple[str, int]], tensors: List[Tuple[str, str, int, bool]]):
+        self.children = children
+        self.tensors = tensors
 
 
 def graph_edges(model: RecoveredModel) -> List[Tuple[str, str, str]]:
