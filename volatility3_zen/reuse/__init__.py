@@ -26,6 +26,7 @@ from typing import Any, List, Optional
 from .bundle import PatchBundle, ReuseError
 from .decode import Decoder
 from .inject import Injector, Plan, make_plan
+from .trust import Trust
 from .numerics import NumericsPlan, apply_environment, apply_torch, plan_numerics
 
 __all__ = ["PatchBundle", "ReuseError", "Plan", "Rebuilt", "NumericsPlan", "open_bundle", "plan", "rebuild", "load",
@@ -84,7 +85,9 @@ def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, 
             files[member] = bundle.tensors(member)
         return files[member][key]
 
-    decoder = Decoder(doc["objects"], tensor)
+    trust = Trust.from_bundle(bundle)  # every name objects.json gives is checked before anything is made
+    trust.audit(doc)
+    decoder = Decoder(doc["objects"], tensor, trust=trust)
     if patch:
         done = Injector(bundle, decoder).apply()
     else:

@@ -1,21 +1,22 @@
 """Applying a bundle's code to the live base environment: the plan (dry run) and its application.
 
-Order matters and is fixed: modules the environment lacks are created (empty) first; then the
-bundle's classes (bases first) and module-level functions are made from their code objects, with
-empty closure cells; then cells, defaults, class attributes and the module globals the code reads
-are filled in, now that every name can be looked up; last, the changed code objects replace the
-code of the base's live functions.
+Order matters and is fixed: every name objects.json gives is checked against the bundle's ``Trust``
+(trust.py) before anything is imported or made; modules the environment lacks are created (empty)
+first; then the bundle's classes (bases first) and module-level functions are made from their code
+objects, with empty closure cells; then cells, defaults, class attributes and the module globals the
+code reads are filled in, now that every name can be looked up; last, the changed code objects
+replace the code of the base's live functions.
 """
 
 import builtins
-import importlib
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bundle import PatchBundle, ReuseError
-from .decode import _OMIT, DEPLOYMENT_MODULES, Decoder, resolve
+from .decode import _OMIT, Decoder
+from .trust import DEPLOYMENT_MODULES, STDLIB, Refused, Trust, findable, is_script
 
 
 @dataclass
@@ -37,32 +38,47 @@ class Plan:
         return sum(1 for a in self.actions if a.kind == kind)
 
 
-def _importable(module: str) -> bool:
-    if module in sys.modules:
-        return True
-    try:
-        importlib.import_module(module)
-        return True
-    except Exception:  # noqa: BLE001 -- missing, or failing: either way the bundle has to provide it
-        return False
-
-
 def make_plan(bundle: PatchBundle) -> Plan:
-    """What ``apply`` would do, without changing anything (importing modules to check they exist)."""
-    plan = Plan(notes=bundle.environment_notes())
+    """What ``apply`` would do, without changing or importing anything.  Every name objects.json gives
+    is checked against the bundle's Trust first (a forged one is refused here, as it is when
+    rebuilding); a module counts as present where this process has it or the import system's finders
+    find it (no module code runs)."""
     if not bundle.has("objects.json"):
+        plan = Plan(notes=bundle.environment_notes())
         plan.notes.append("the bundle has no objects.json (a plain-Python model, or the state was unreadable): "
                           "nothing to inject or rebuild")
         return plan
     doc = bundle.json("objects.json")
-    code = bundle.code_entries()
-    modules = _modules_of(doc)
+    trust = Trust.from_bundle(bundle)
+    trust.audit(doc, probe=True)  # first: a forged bundle is refused before even torch is imported
+    plan = Plan(notes=bundle.environment_notes())
     local = set(doc.get("local_modules", ()))
-    for module in modules:
-        if module in local or _is_script(module):
-            plan.actions.append(Action("create-module", module, "the deployment's own"))
-        elif not _importable(module):
-            plan.actions.append(Action("create-module", module, "not in this environment"))
+
+    def missing(module: str) -> Optional[str]:
+        if module in local or is_script(module):
+            return "the deployment's own"
+        return None if findable(module) else "not in this environment"
+
+    _describe(plan, doc, bundle.code_entries(), missing)
+    counts = trust.counts
+    plan.notes.append(f"names checked, nothing imported: {counts['own']} the bundle's own, {counts['allowlist']} "
+                      f"allowlisted, {counts['lookup']} of the standard library, {counts['environment']} of the "
+                      f"base environment's packages ({', '.join(sorted(trust.packages))}; their kind is checked "
+                      "when rebuilding)")
+    if trust.unknown:
+        unknown = sorted(set(trust.unknown))
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        plan.notes.append("unknown here (their module is not found in this environment): "
+                          + ", ".join(unknown[:10]) + more)
+    return plan
+
+
+def _describe(plan: Plan, doc: Dict[str, Any], code: Dict[str, Any], missing: Callable[[str], Optional[str]]) -> None:
+    """The plan's actions, in the order ``apply`` takes them; ``missing(module)``: why a module is created."""
+    for module in _modules_of(doc):
+        why = missing(module)
+        if why:
+            plan.actions.append(Action("create-module", module, why))
     for cls in doc["classes"]:
         carried = sum(1 for m in cls["methods"].values() if code.get(m.get("function_id"), {}).get("kind") == "carried")
         plan.actions.append(Action("inject-class", f"{cls['module']}.{cls['qualname']}",
@@ -78,12 +94,6 @@ def make_plan(bundle: PatchBundle) -> Plan:
         entry = code.get(func.get("function_id"), {})
         differs = ",".join(entry.get("differs_in") or []) or "code"
         plan.actions.append(Action("patch-function", where, f"{entry.get('kind', '?')}: {differs}"))
-    return plan
-
-
-def _is_script(module: str) -> bool:
-    """A script run as __main__, or code run by path (runpy's ``<run_path>``): never importable here."""
-    return module == "__main__" or module.startswith("<")
 
 
 def _modules_of(doc: Dict[str, Any]) -> List[str]:
@@ -98,9 +108,11 @@ class Injector:
         self.decoder = decoder
         self.doc = bundle.json("objects.json")
         self.code = bundle.code_entries()
+        self.trust = Trust.from_bundle(bundle)
+        decoder.trust = self.trust  # the decoder resolves names under the same policy
         self.created: Dict[str, types.ModuleType] = {}
         DEPLOYMENT_MODULES.clear()  # a rebuild's names are its own bundle's (an earlier model keeps its objects)
-        self.local = set(self.doc.get("local_modules", ())) | {m for m in _modules_of(self.doc) if _is_script(m)}
+        self.local = set(self.doc.get("local_modules", ())) | {m for m in _modules_of(self.doc) if is_script(m)}
         self.pending_cells: List[Tuple[types.CellType, dict, str]] = []
         self.pending_defaults: List[Tuple[types.FunctionType, dict, str]] = []
         decoder.make_function = self.function_now
@@ -110,11 +122,20 @@ class Injector:
         """The live module for a bundle's module name.  The deployment's own modules (objects.json's
         ``local_modules``: its script, the files beside it, exec'd code) are always made afresh, even
         where this environment has a module of that name (a local ``common.py``, the running script's
-        ``__main__``); any other module is the environment's, or made empty when it is missing."""
+        ``__main__``); any other module is the environment's (imported only under the base environment's
+        packages, trust.py), or made empty when it is missing.  No standard-library module is made."""
         if name in self.created:
             return self.created[name]
-        if name not in self.local and _importable(name):
-            return sys.modules[name]
+        if name not in self.local:
+            existing = self.trust.exists(name)
+            if existing is not None:
+                return existing
+        top = name.partition(".")[0]
+        if not is_script(name) and (top in STDLIB or not (name in self.local or top in self.trust.packages
+                                                          or self.trust.owns_parent(name))):
+            raise Refused(f"objects.json: refused to create module {name}: "
+                          + ("the standard library's modules are never created or changed" if top in STDLIB
+                             else "it is neither one the bundle creates nor under a package of the base environment"))
         parent_name, _, child = name.rpartition(".")
         module = types.ModuleType(name, f"injected by volatility3_zen.reuse from {self.bundle.path}")
         module.__zen_injected__ = True
@@ -148,7 +169,7 @@ class Injector:
                     self.pending_cells.append((cell, encoded, entry["qualname"]))
                 cells.append(cell)
             cells = tuple(cells)
-        func = types.FunctionType(code, globals_, entry["name"], None, cells)
+        func = self.trust.remember(types.FunctionType(code, globals_, entry["name"], None, cells))
         func.__qualname__ = entry["qualname"]
         func.__module__ = entry["module"]
         self.pending_defaults.append((func, entry, entry["qualname"]))
@@ -175,21 +196,26 @@ class Injector:
 
     # -- the whole application -------------------------------------------------------------------------
     def apply(self) -> Plan:
-        plan = make_plan(self.bundle)
+        # Every name first: a forged one is refused before anything is imported, made or changed.
+        self.trust.audit(self.doc)
+        plan = Plan(notes=self.bundle.environment_notes())
         for module in _modules_of(self.doc):
             self.module(module)
         classes: List[Tuple[type, dict]] = []
         for entry in self.doc["classes"]:
+            where = f"classes[{entry['module']}.{entry['qualname']}]"
             first_cell = len(self.pending_cells)
             namespace: Dict[str, Any] = {"__module__": entry["module"], "__qualname__": entry["qualname"]}
             made = {name: (self.function(m), m) for name, m in entry["methods"].items()}
             namespace.update({name: self._wrapped(m, f, None) for name, (f, m) in made.items()})
-            bases = tuple(resolve(b["module"], b["qualname"]) for b in entry["bases"]) or (object,)
-            meta = resolve(entry["metaclass"]["module"], entry["metaclass"]["qualname"])
-            cls = meta(entry["name"], bases, namespace)
+            bases = tuple(self.trust.resolve("base", b, f"{where}.bases[{i}]")
+                          for i, b in enumerate(entry["bases"])) or (object,)
+            meta = self.trust.resolve("metaclass", entry["metaclass"], f"{where}.metaclass")
+            cls = self.trust.remember(meta(entry["name"], bases, namespace))
             cls.__qualname__ = entry["qualname"]
             owner, _, leaf = entry["qualname"].rpartition(".")
-            holder = resolve(entry["module"], owner) if owner else self.module(entry["module"])
+            holder = (self.trust.resolve("owner", {"module": entry["module"], "qualname": owner}, f"{where}.qualname")
+                      if owner else self.module(entry["module"]))
             setattr(holder, leaf, cls)
             for cell, spec, _ in self.pending_cells[first_cell:]:
                 if spec.get("class"):  # super()'s __class__ cell of this class's methods
@@ -202,6 +228,9 @@ class Injector:
                 setattr(self.module(entry["module"]), entry["attr"], value)
         for entry in self.doc["patched"]:
             self._patch(entry)
+        local = self.local
+        _describe(plan, self.doc, self.code, lambda m: "the deployment's own" if m in local
+                  else "not in this environment" if m in self.created else None)
         return plan
 
     def _fill(self, classes: Optional[List[Tuple[type, dict]]]) -> None:
@@ -235,7 +264,8 @@ class Injector:
 
     def _patch(self, entry: dict) -> None:
         owner_ref = entry.get("owner")
-        owner = resolve(owner_ref["module"], owner_ref["qualname"]) if owner_ref else self.module(entry["module"])
+        where = f"patched[{entry['module']}.{entry['attr']}]"
+        owner = self.trust.resolve("owner", owner_ref, where) if owner_ref else self.module(entry["module"])
         current = vars(owner).get(entry["attr"])
         live = getattr(current, "__func__", current)
         if isinstance(current, property):
@@ -251,4 +281,3 @@ class Injector:
             live.__defaults__, live.__kwdefaults__ = new.__defaults__, new.__kwdefaults__
         else:
             setattr(owner, entry["attr"], self._wrapped(entry, new, owner if isinstance(owner, type) else None))
-
