@@ -47,7 +47,6 @@ import pytest
 
 from volatility3_zen.zenlib.readers.cpython.state import StateReader, WalkBudget
 from volatility3_zen.zenlib.readers.elfimage import DT_GNU_HASH, loaded_images
-from volatility3_zen.zenlib.readers.memory import ProcessMemory
 from volatility3_zen.zenlib.readers.torch import model as torch_model
 from volatility3_zen.zenlib.readers.torch.state import TorchValues
 from volatility3_zen.zenlib.representation.model import encode_value
@@ -133,22 +132,7 @@ def torch_python() -> str:
     return python
 
 
-def open_core(path):
-    """(PythonProcess, ProcessMemory) of a process core, opened as ``vol -f`` opens one."""
-    from volatility3.framework import contexts
-    from volatility3.framework.layers import physical
-
-    from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
-    from volatility3_zen.zenlib.vol import targets
-    from volatility3_zen.zenlib.vol.layers import elfcore
-
-    ctx = contexts.Context()
-    ctx.config["FileLayer.location"] = "file://" + os.path.abspath(str(path))
-    ctx.add_layer(physical.FileLayer(ctx, "FileLayer", "FileLayer"))
-    layer = elfcore.ProcessCoreStacker.stack(ctx, "FileLayer")
-    ctx.add_layer(layer)
-    memory = ProcessMemory(layer.regions(), targets.layer_reader(ctx, layer.name), layer.pid, layer.process_name)
-    return PythonProcess(memory), memory
+open_core = zen_testlib.open_core
 
 
 @pytest.fixture(scope="module")

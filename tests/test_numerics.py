@@ -23,6 +23,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
+import zen_testlib
+
 from volatility3_zen.reuse import numerics as reuse_numerics
 from volatility3_zen.zenlib.errors import CorruptObjectError
 from volatility3_zen.zenlib.readers.elfimage import PT_LOAD, ElfImage, Segment
@@ -254,22 +256,7 @@ def test_reference_output_files(tmp_path):
 
 
 # -- images --------------------------------------------------------------------------------------------------
-def open_core(path):
-    """(PythonProcess, ProcessMemory) of a process core, opened as ``vol -f`` opens one."""
-    from volatility3.framework import contexts
-    from volatility3.framework.layers import physical
-
-    from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
-    from volatility3_zen.zenlib.vol import targets
-    from volatility3_zen.zenlib.vol.layers import elfcore
-
-    ctx = contexts.Context()
-    ctx.config["FileLayer.location"] = "file://" + os.path.abspath(str(path))
-    ctx.add_layer(physical.FileLayer(ctx, "FileLayer", "FileLayer"))
-    layer = elfcore.ProcessCoreStacker.stack(ctx, "FileLayer")
-    ctx.add_layer(layer)
-    memory = ProcessMemory(layer.regions(), targets.layer_reader(ctx, layer.name), layer.pid, layer.process_name)
-    return PythonProcess(memory), memory
+open_core = zen_testlib.open_core
 
 
 def symtab_addresses(elf: ElfImage, names: List[str]) -> Dict[str, int]:

@@ -100,3 +100,24 @@ def summarize(problems: Dict[str, List[str]], limit: int = 8) -> str:
 PAGE = campaign.PAGE
 core_page_offsets = campaign.core_page_offsets
 layer_page_offsets = campaign.layer_page_offsets
+
+
+# -- opening a process core in-process (tests that read objects directly) ----------------------------
+def open_core(path):
+    """(PythonProcess, ProcessMemory) of a process core, opened as ``vol -f`` opens one."""
+    from volatility3.framework import contexts
+    from volatility3.framework.layers import physical
+
+    from volatility3_zen.zenlib.readers.cpython.recover import PythonProcess
+    from volatility3_zen.zenlib.vol import targets
+    from volatility3_zen.zenlib.vol.layers import elfcore
+
+    from volatility3_zen.zenlib.readers.memory import ProcessMemory
+
+    ctx = contexts.Context()
+    ctx.config["FileLayer.location"] = "file://" + os.path.abspath(str(path))
+    ctx.add_layer(physical.FileLayer(ctx, "FileLayer", "FileLayer"))
+    layer = elfcore.ProcessCoreStacker.stack(ctx, "FileLayer")
+    ctx.add_layer(layer)
+    memory = ProcessMemory(layer.regions(), targets.layer_reader(ctx, layer.name), layer.pid, layer.process_name)
+    return PythonProcess(memory), memory
