@@ -91,6 +91,9 @@ ROOT_TYPES = (
     TypeSpec("_PyRuntimeState"),
     TypeSpec("PyInterpreterState"),
     TypeSpec("PyThreadState"),
+    TypeSpec("PyFrameObject"),  # the frame itself up to 3.10; the Python-level wrapper after
+    TypeSpec("_PyCFrame", since=(3, 11), until=(3, 12)),  # tstate->cframe->current_frame
+    TypeSpec("_PyInterpreterFrame", since=(3, 11)),
     TypeSpec("_gc_runtime_state"),  # no public typedef (GCState is a gcmodule.c-local alias)
     TypeSpec("gc_generation"),
     TypeSpec("_PyCoCached", since=(3, 12)),

@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from ...errors import CorruptObjectError, NoPythonError, UnsupportedVersionError
 from ...representation.model import ExecutionContext, Numerics, RecoveredModel, ModuleNode, TensorEntry, encode_value
+from ..cpython.frames import FrameReader
 from ..cpython.objects import DECODE_ERRORS
 from ..cpython.recover import PythonProcess
 from ..cpython.state import WalkBudget
@@ -131,19 +132,40 @@ class TorchProcess:
         return known
 
     def module_instances(self) -> List[int]:
-        """Every nn.Module on the GC lists; when smeared memory broke them, also those that module
-        globals hold (a script's ``model = ...``), which the pieces of the lists may have lost."""
+        """Every nn.Module on the GC lists, then those the running frames hold (a serving function's
+        ``model``, docs/model.md) and, when smeared memory broke the lists, those that module globals
+        hold (a script's ``model = ...``): the pieces of broken lists may have lost them.  On an intact
+        heap the other paths find nothing new, every module being on the lists."""
         found = [obj for obj, type_addr in self.heap.gc_objects() if self.is_module_type(type_addr)]
+        known = set(found)
+
+        def take(values) -> int:
+            new = [v for v in values if v not in known and self._is_module_instance(v)]
+            found.extend(new)
+            known.update(new)
+            return len(new)
+
+        frames = FrameReader(self.heap)
+        through = {"the frames of live threads": take(frames.reachable())}
+        for problem in frames.warnings:
+            self._warn(problem)
         if self.heap.lists_broken:
-            known = set(found)
+            through["module globals"] = 0
             for module in self.module_addrs.values():
                 try:
-                    values = self.o.module_namespace(module).values()
-                    found += [v for v in values if v not in known and self.is_module_type(self.o.type_of(v))]
-                    known.update(found)
+                    through["module globals"] += take(list(self.o.module_namespace(module).values()))
                 except DECODE_ERRORS:
                     continue
+        for path, count in through.items():
+            if count:
+                self._warn(f"{count} nn.Module object(s) not on the GC lists found through {path}")
         return found
+
+    def _is_module_instance(self, obj: int) -> bool:
+        try:
+            return self.is_module_type(self.o.type_of(obj))
+        except DECODE_ERRORS:
+            return False
 
     # -- one module --------------------------------------------------------------------------------
     def class_path(self, obj: int) -> Tuple[str, str]:
