@@ -31,6 +31,8 @@ from volatility3.framework.layers import elf, physical
 from volatility3_zen import capture
 from volatility3_zen.zenlib.vol.layers import elfcore
 
+import zen_testlib
+
 REPO = Path(__file__).resolve().parent.parent
 ISF_DIR = REPO / "tests" / "data" / "isf"
 PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
@@ -456,3 +458,20 @@ def test_capture_leaves_a_stopped_process_stopped(target, tmp_path):
         assert _state(pid) in "tT"
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_truncated_gcore_without_notes_has_an_unknown_pid(gcore_core, target, tmp_path):
+    """The plugins on a core that lost its notes: the PID is the one --pid names (said once), else
+    0 with a warning; never "PID N not found in the image (it holds PID 0)"."""
+    pid, truth, _maps = target
+    segment = _segment_containing(gcore_core, truth["small"]["id"])
+    cut = _truncated_copy(gcore_core, segment.offset + segment.present, tmp_path)
+    for args in (["--pid", str(pid)], []):
+        result = zen_testlib.run_vol(["-r", "json", "-f", str(cut), "linux.zen.codeobjects"] + args)
+        assert "Traceback" not in result.stderr
+        assert "not found in the image" not in result.stderr
+        assert "the core has no process notes" in result.stderr
+        if result.returncode == 0:
+            assert {row["PID"] for row in json.loads(result.stdout)} <= {int(args[1]) if args else 0}
+        else:
+            assert [line for line in result.stderr.splitlines() if line.startswith("ERROR")], result.stderr[-1000:]

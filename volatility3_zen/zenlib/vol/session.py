@@ -23,6 +23,7 @@ Output files (``check_output_dir``): a plugin that will write files checks the o
 the analysis, so that an unwritable ``-o`` is a one-line error at once, not a traceback at the end.
 """
 
+import dataclasses
 import logging
 import os
 import sys
@@ -154,6 +155,19 @@ class _Selection:
 
 
 # -- processes ---------------------------------------------------------------------------------------
+def _unnamed_core(target: Target, pids: Optional[List[int]]) -> Target:
+    """A core without its process notes: gcore writes them after the memory, so a truncated core has
+    lost them.  Its PID is unknown: it is the one ``--pid`` names, if any (a core holds one process),
+    else shown as 0; both are said once."""
+    if pids and len(pids) == 1:
+        vollog.warning("the core has no process notes (a truncated core loses them): its PID and name are unknown;"
+                       " analysed as PID %d, as --pid says", pids[0])
+        return dataclasses.replace(target, pid=pids[0], name=target.name or "?")
+    vollog.warning("the core has no process notes (a truncated core loses them): its PID and name are unknown"
+                   " and shown as 0 and '?'")
+    return dataclasses.replace(target, name=target.name or "?")
+
+
 def python_processes(context, config) -> Iterator[Tuple[Target, PythonProcess]]:
     """Opened CPython processes of the image, following the error policy above."""
     selection = _Selection(config)
@@ -164,6 +178,8 @@ def python_processes(context, config) -> Iterator[Tuple[Target, PythonProcess]]:
     opened = 0
     for target in volglue.targets(context, kernel, pids):
         any_target = True
+        if target.source == "core" and target.pid == 0:
+            target = _unnamed_core(target, pids)
         found_pids.add(target.pid)
         if pids and target.pid not in pids:
             continue
