@@ -139,6 +139,18 @@ def test_removed_code_and_classes():
     assert {fid for kind, fid in kinds(d) if kind == "removed"} == {c.function_id for c in block_methods()}
 
 
+def test_code_that_smear_made_unreadable_is_not_removed():
+    """The fingerprint lists the functions whose code it could not read (``unreadable_functions``):
+    their absence is not a removal, neither as code nor as a method of a class."""
+    target = model(without={BUILD_FN.function_id, "m:Block.forward(self, x)@10"})
+    target = replace(target, provenance=dict(target.provenance, unreadable_functions=["m.Block.forward"]))
+    d = diff_models(target, BASE)
+    assert kinds(d) == {("removed", BUILD_FN.function_id)}
+    assert d.skipped == ["m:Block.forward(self, x)@10"]
+    assert d.class_changes == []
+    assert any("not reported as removed" in w for w in d.warnings)
+
+
 def test_a_renamed_class_is_recognised_by_its_methods():
     renamed = block_methods("m.Blk")
     target = model(blocks=renamed, tree=layers(blocks=("m.Blk",) * 3))

@@ -209,8 +209,14 @@ def diff_models(target: UnifiedRepresentation, base: UnifiedRepresentation,
     _pull_in_helpers(changes, t_code, pairs)
 
     removed_changes = []
+    unreadable = set(target.provenance.get("unreadable_functions", ()))
     for fid in removed:
         b = b_code.get(fid)
+        if b is not None and f"{b.module}.{b.qualname}" in unreadable:
+            out.warnings.append(f"base code {fid}: the target's function of that name is unreadable (smeared "
+                                f"memory): not reported as removed")
+            out.skipped.append(fid)
+            continue
         if readable(fid, b, "base"):
             removed_changes.append(Change("removed", None, fid, b.owner_class, b.bytecode_size, None, code_kind=b.kind))
     held = {fid for cls in out.added_classes for fid in cls.methods.values()}
@@ -302,6 +308,7 @@ def _compare_classes(target: UnifiedRepresentation, base: UnifiedRepresentation,
                      out: ModelDiff) -> None:
     """Added, removed, renamed and reshaped classes of the model's own code (framework classes hold no
     code in a PR and are left out)."""
+    unreadable = set(target.provenance.get("unreadable_functions", ()))  # methods smear kept out of the target
     t_classes = {c.key: c for c in target.pr.classes if not c.framework}
     b_classes = {c.key: c for c in base.pr.classes if not c.framework}
     b_owner: Dict[str, str] = {}
@@ -328,8 +335,9 @@ def _compare_classes(target: UnifiedRepresentation, base: UnifiedRepresentation,
     for key, base_key in sorted(matched.items()):
         t, b = t_classes[key], b_classes[base_key]
         t_bases, b_bases = set(_rename(t.bases, out.renamed_classes)), set(b.bases)
+        unread = {name for name in b.methods if f"{t.module}.{t.qualname}.{name}" in unreadable}
         change = ClassChange(key, base_key, sorted(t_bases - b_bases), sorted(b_bases - t_bases),
-                             sorted(set(t.methods) - set(b.methods)), sorted(set(b.methods) - set(t.methods)))
+                             sorted(set(t.methods) - set(b.methods)), sorted(set(b.methods) - set(t.methods) - unread))
         if change.bases_added or change.bases_removed or change.methods_added or change.methods_removed:
             out.class_changes.append(change)
 

@@ -295,6 +295,8 @@ class Fingerprinter:
         prov.update(provenance or {})
         if reached.warnings:
             prov["warnings"] = reached.warnings[:50]
+        if reached.unreadable_functions:
+            prov["unreadable_functions"] = sorted(reached.unreadable_functions)
         return ModelFingerprint(UnifiedRepresentation(f"{major}.{minor}", mr, pr, phi, provenance=prov),
                                 reached.code_objects)
 

@@ -9,7 +9,7 @@ needed; the interpreter's own static types cannot be confused with user classes,
 """
 
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ...errors import CorruptObjectError, MemoryReadError, ZenError
 from ..memory import ProcessMemory
@@ -38,6 +38,21 @@ BUILTIN_KINDS = {
     "str", "bytes", "int", "bool", "float", "complex", "tuple", "list", "dict", "set", "frozenset",
     "code", "function", "type", "module", "NoneType", "ellipsis", "cell", "classmethod", "staticmethod",
     "property", "method", "NotImplementedType", "builtin_function_or_method", "mappingproxy",
+}
+
+# The exported type objects of those kinds (libpython's, or a static python's, dynamic symbols).  Their
+# addresses identify the builtin types without reading them: smeared memory that hits a type object
+# (tp_name, tp_flags) would otherwise make every object of that kind unreadable, every code object
+# whose constants hold a tuple, say, instead of only the objects it hit.
+BUILTIN_TYPE_SYMBOLS = {
+    "PyUnicode_Type": "str", "PyBytes_Type": "bytes", "PyLong_Type": "int", "PyBool_Type": "bool",
+    "PyFloat_Type": "float", "PyComplex_Type": "complex", "PyTuple_Type": "tuple", "PyList_Type": "list",
+    "PyDict_Type": "dict", "PySet_Type": "set", "PyFrozenSet_Type": "frozenset", "PyCode_Type": "code",
+    "PyFunction_Type": "function", "PyType_Type": "type", "PyModule_Type": "module", "_PyNone_Type": "NoneType",
+    "PyEllipsis_Type": "ellipsis", "PyCell_Type": "cell", "PyClassMethod_Type": "classmethod",
+    "PyStaticMethod_Type": "staticmethod", "PyProperty_Type": "property", "PyMethod_Type": "method",
+    "_PyNotImplemented_Type": "NotImplementedType", "PyCFunction_Type": "builtin_function_or_method",
+    "PyDictProxy_Type": "mappingproxy",
 }
 
 
@@ -125,6 +140,22 @@ class ObjectReader:
         self.size_entry = L.size("PyDictKeyEntry")
         self.size_unicode_entry = L.size("PyDictUnicodeEntry") if self.version >= (3, 11) else None
         self.off_values_values = L.offset("PyDictValues", "values") if self.version >= (3, 11) else 0
+
+    def know_builtin_types(self, lookup: Callable[[str], Optional[Tuple[int, int]]]) -> int:
+        """Seeds the kind of every builtin type whose symbol ``lookup`` resolves (to (address, size)):
+        those kinds no longer depend on the type object's own, possibly smeared, fields.  Returns how
+        many were found."""
+        found = 0
+        for symbol, kind in BUILTIN_TYPE_SYMBOLS.items():
+            try:
+                hit = lookup(symbol)
+            except DECODE_ERRORS:
+                hit = None
+            if hit:
+                self._type_kind[hit[0]] = kind
+                self._type_names[hit[0]] = kind
+                found += 1
+        return found
 
     # -- primitives --------------------------------------------------------------------------------
     def u64(self, address: int) -> int:

@@ -68,6 +68,9 @@ class ReachedCode:
     packages: Set[str] = field(default_factory=set)
     deployment_modules: Set[str] = field(default_factory=set)  # modules of the deployment's own code met
     warnings: List[str] = field(default_factory=list)
+    # "module.qualname" of functions whose own code object could not be read (smeared memory): the
+    # diff must not take their absence for a removal
+    unreadable_functions: Set[str] = field(default_factory=set)
 
 
 class CodeReach:
@@ -253,6 +256,8 @@ class CodeReach:
                 code = self.py.code_reader.read(addr)
             except DECODE_ERRORS as exc:
                 out.warnings.append(f"code object at 0x{addr:x} ({func.module}.{func.qualname}) unreadable: {exc}")
+                if parent is None:
+                    out.unreadable_functions.add(f"{func.module}.{func.qualname}")
                 continue
             out.code_objects[addr] = code
             out.code_owner[addr] = (func.address, parent)

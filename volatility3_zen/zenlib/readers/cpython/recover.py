@@ -28,6 +28,7 @@ class PythonProcess:
         self.runtime: Runtime = find_runtime(memory, methods)
         self.layout = self.runtime.layout
         self.objects = ObjectReader(memory, self.layout)
+        self.objects.know_builtin_types(self.runtime.image.lookup)
         self.heap = Heap(self.runtime, self.objects)
         self.code_reader = CodeReader(self.objects)
         L = self.layout
