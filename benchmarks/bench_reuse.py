@@ -32,7 +32,7 @@ from tools import reuse_check  # noqa: E402
 from tools.corpus import catalog, ensure_image  # noqa: E402
 
 PLAIN = {"micrograd-derivative-3.12": "derivative"}
-MICROGRAD_SCRIPT = ("import sys; from volatility3_zen import reuse; r = reuse.rebuild(sys.argv[1], patch=sys.argv[2] == '1'); "
+MICROGRAD_SCRIPT = ("import sys; from volatility3_zen import reuse; r = reuse.rebuild(sys.argv[1], patch=sys.argv[2] == '1', sandbox=False); "
                     "print(float(r.model([float.fromhex(v) for v in sys.argv[3:]]).data).hex())")
 
 
@@ -54,7 +54,7 @@ def torch_model(image, bundle: Path, model: dict, spec: Path, role: str):
 
 def plain_model(image, bundle: Path, model: dict):
     python = reuse_check.interpreter(image)
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = dict(os.environ, PYTHONPATH=reuse_check.reuse_pythonpath(python))
     started = time.monotonic()
     run = subprocess.run([python, "-c", MICROGRAD_SCRIPT, str(bundle), "1", *model["input"]], capture_output=True, text=True, env=env)
     seconds = time.monotonic() - started

@@ -33,6 +33,7 @@ LAYERS = [
     (f"{PKG}.zenlib.errors", "errors"),
     (f"{PKG}.reuse", "reuse"),
     (f"{PKG}.capture", "capture"),
+    (f"{PKG}.keys", "keys"),
     (f"{PKG}._vol_hook", "startup hook"),
     (f"{PKG}.symbols", "symbols"),
     (f"{PKG}.zenlib", "package root"),  # zenlib/__init__.py
@@ -54,6 +55,7 @@ MAY_IMPORT = {
     "errors": set(),
     "reuse": {"reuse", "representation", "errors"},
     "capture": {"errors"},
+    "keys": {"errors"},
     "startup hook": set(),
     "symbols": set(),
     "package root": set(),
@@ -61,16 +63,19 @@ MAY_IMPORT = {
 ALWAYS_IMPORTABLE = {"package root"}
 # Single modules a layer may import although their layer is otherwise closed to it.
 MAY_IMPORT_MODULES = {
-    "reuse": {f"{PKG}.zenlib.bundle.format"},
+    "reuse": {f"{PKG}.zenlib.bundle.format", f"{PKG}.zenlib.bundle.signing"},
+    "keys": {f"{PKG}.zenlib.bundle.signing"},
     "capture": {f"{PKG}.zenlib.vol.layers.elfcore"},
 }
 VOLATILITY_LAYERS = {"plugins", "vol"}  # the only layers that may import volatility3
 # The bundle's pure side: built from representations only, never from the process.
-BUNDLE_WITHOUT_READERS = {f"{PKG}.zenlib.bundle.{name}" for name in ("write", "report", "format")}
+BUNDLE_WITHOUT_READERS = {f"{PKG}.zenlib.bundle.{name}" for name in ("write", "report", "format", "signing")}
 # Imported where only the standard library can be counted on (the base model's environment, interpreter start).
 STDLIB_ONLY = {f"{PKG}.zenlib.bundle.format", f"{PKG}._vol_hook"}
+# Imported there too, with one third-party package besides the standard library (imported only when used).
+STDLIB_AND = {f"{PKG}.zenlib.bundle.signing": {"cryptography"}, f"{PKG}.keys": {"cryptography"}}
 # What the base model's environment has besides the standard library (volatility3_zen.reuse runs there).
-REUSE_THIRD_PARTY = {"torch", "numpy", "safetensors"}
+REUSE_THIRD_PARTY = {"torch", "numpy", "safetensors", "cryptography"}  # cryptography: to check a signature
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 # Rule breaks present in the code today, each to be removed by the change named: (file, imported module).
@@ -169,6 +174,9 @@ def violation(importer: str, imported: str) -> Optional[str]:
     if importer in STDLIB_ONLY and top_level(imported) not in STDLIB:
         what = f"layer {layer_of(imported)}" if is_ours(imported) else top_level(imported)
         return f"{importer} may import the standard library only, not {what}"
+    if importer in STDLIB_AND and top_level(imported) not in STDLIB | STDLIB_AND[importer] and not is_ours(imported):
+        return f"{importer} may import the standard library and {', '.join(sorted(STDLIB_AND[importer]))} only, " \
+               f"not {top_level(imported)}"
     if is_ours(imported):
         other = layer_of(imported)
         if importer in BUNDLE_WITHOUT_READERS:
@@ -217,10 +225,10 @@ def test_imports_go_down_the_layers():
 
 def test_reuse_runs_without_volatility_or_the_readers():
     """Everything ``volatility3_zen.reuse`` loads, directly or through our modules it imports (package
-    roots included), needs only the standard library, torch, numpy and safetensors."""
+    roots included), needs only the standard library, torch, numpy, safetensors and cryptography."""
     loaded = set().union(*(loaded_by(m) for m in MODULES if layer_of(m) == "reuse"))
     found = [f"{where(MODULES[module], line)} imports {imported} (loaded by reuse, which runs where only the "
-             "standard library, torch, numpy and safetensors are installed)"
+             "standard library, torch, numpy, safetensors and cryptography are installed)"
              for module in sorted(loaded) for line, imported in imports_of(MODULES[module], strict=False)
              if not is_ours(imported) and top_level(imported) not in STDLIB | REUSE_THIRD_PARTY]
     assert not found, "\n".join(found)
@@ -241,6 +249,9 @@ def test_the_import_checker_resolves_relative_imports_and_flags_upward_ones():
     assert violation(f"{PKG}.zenlib.bundle.format", f"{PKG}.zenlib.errors") is not None
     assert violation(f"{PKG}.reuse.bundle", f"{PKG}.zenlib.bundle.format") is None
     assert violation(f"{PKG}.reuse.bundle", f"{PKG}.zenlib.bundle.collect") is not None
+    assert violation(f"{PKG}.reuse.bundle", f"{PKG}.zenlib.bundle.signing") is None
+    assert violation(f"{PKG}.zenlib.bundle.signing", "cryptography.hazmat") is None
+    assert violation(f"{PKG}.zenlib.bundle.signing", "torch") is not None
     assert violation(f"{PKG}.reuse.bundle", "scipy") is not None
     assert violation(f"{PKG}.zenlib.vol.session", f"{PKG}.zenlib.readers.cpython.recover") is None
 

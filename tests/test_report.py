@@ -16,9 +16,7 @@ from typing import Dict, List
 
 import pytest
 
-import zen_testlib
 from test_attribution import RESNET, make_ur, resnet_se_source, resnet_spec
-from test_patchgen import _model
 from volatility3_zen.zenlib.analysis import library as bml
 from volatility3_zen.zenlib.bundle import format as bundle_format
 from volatility3_zen.zenlib.bundle import write as bundle_write
@@ -239,22 +237,10 @@ DEPLOYMENTS = ("micrograd-derivative-3.12", "llama2-torchonly-3.11")
 
 
 @pytest.fixture(scope="module")
-def dumped(corpus, tmp_path_factory):
-    """``dumped(deployment)`` -> (pid, root, output folder, core path): one patchgen --dump per deployment."""
-    done = {}
-
-    def run(deployment):
-        if deployment not in done:
-            image = corpus(deployment, "core")
-            pid, root, _ = _model(image)
-            out = tmp_path_factory.mktemp(deployment)
-            result = zen_testlib.run_vol(["-o", str(out), "-f", str(image.cores[pid]), "linux.zen.patchgen",
-                                          "--pid", str(pid), "--root", str(root), "--dump"])
-            assert result.returncode == 0, result.stderr[-2000:]
-            done[deployment] = (pid, root, out, image.cores[pid])
-        return done[deployment]
-
-    return run
+def dumped(patchgen_dump):
+    """``dumped(deployment)`` -> (pid, root, output folder, core path): one patchgen --dump per deployment
+    and test session (conftest.py; tests/test_provenance.py reads the same run)."""
+    return lambda deployment: (lambda r: (r.pid, r.root, r.out, r.core))(patchgen_dump(deployment))
 
 
 @pytest.mark.image

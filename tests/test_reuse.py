@@ -91,10 +91,10 @@ def test_cross_version_plain_python_derivative(corpus, tmp_path):
     """micrograd's derivative from a CPython 3.12 image, rebuilt under 3.12 with micrograd installed."""
     image = corpus("micrograd-derivative-3.12", "core")
     bundle, model = _bundle(image, tmp_path / "out")
-    script = ("import sys; from volatility3_zen import reuse; r = reuse.rebuild(sys.argv[1], patch=sys.argv[2] == '1'); "
+    script = ("import sys; from volatility3_zen import reuse; r = reuse.rebuild(sys.argv[1], patch=sys.argv[2] == '1', sandbox=False); "
               "x = [float.fromhex(v) for v in sys.argv[3:]]; print(float(r.model(x).data).hex())")
     python = _interpreter(image)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=reuse_check.reuse_pythonpath(python))
     patched = subprocess.run([python, "-c", script, str(bundle), "1", *model["input"]], capture_output=True, text=True, env=env)
     assert patched.returncode == 0, patched.stderr[-2000:]
     assert patched.stdout.split() == [model["output"]]
@@ -106,7 +106,7 @@ REBUILD_AND_PRINT = """
 import json, sys, torch
 from volatility3_zen import reuse
 from volatility3_zen.reuse.__main__ import run_input
-model = reuse.load(sys.argv[1])
+model = reuse.load(sys.argv[1], sandbox=False)  # in this process: its modules are re-initialised below
 spec = json.load(open(sys.argv[2]))
 trained = run_input(model, spec)
 torch.manual_seed(0)
@@ -130,7 +130,7 @@ def test_rebuilt_trained_derivative_keeps_its_trained_behaviour(corpus, tmp_path
     (trained_truth,) = load_ground_truth(truth_path)["trained_models"]
     spec = tmp_path / "input.json"
     spec.write_text(json.dumps(model["input"]))
-    env = dict(os.environ, PYTHONPATH=str(REPO), **TORCH_ENV)
+    env = dict(os.environ, PYTHONPATH=reuse_check.reuse_pythonpath(_interpreter(image)), **TORCH_ENV)
     result = subprocess.run([_interpreter(image), "-c", REBUILD_AND_PRINT, str(bundle), str(spec)],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

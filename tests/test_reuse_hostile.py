@@ -29,8 +29,8 @@ from volatility3_zen.reuse.bundle import ReuseError
 from volatility3_zen.reuse.decode import Decoder
 from volatility3_zen.reuse.trust import Refused, Trust
 from volatility3_zen.zenlib.bundle import format as bundle_format
+from volatility3_zen.zenlib.bundle import signing
 
-REPO = Path(__file__).resolve().parent.parent
 
 TRAP = """
 import enum, os
@@ -260,8 +260,9 @@ def test_unknown_modules_are_not_imported(trap):
 
 # -- forged bundles on the command line (the resnet-se core image) ------------------------------------------------
 def _rehashed(source: Path, target: Path, change) -> Path:
-    """The bundle with ``change(doc, context)`` applied to objects.json and context.json and the
-    manifest re-hashed: it passes the integrity check."""
+    """The bundle with ``change(doc, context)`` applied to objects.json and context.json, the manifest
+    re-hashed and signed again with the suite's trusted key: it passes the integrity and signature
+    checks (a forger with a trusted key, or a bundle used with --allow-unsigned)."""
     members = bundle_format.read_members(source)
     doc, context = json.loads(members["objects.json"]), json.loads(members["context.json"])
     change(doc, context)
@@ -271,6 +272,7 @@ def _rehashed(source: Path, target: Path, change) -> Path:
     for name in ("objects.json", "context.json"):
         manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
     members["manifest.json"] = json.dumps(manifest).encode()
+    signing.sign(members, signing.signing_key())
     with zipfile.ZipFile(target, "w") as archive:
         archive.writestr("manifest.json", members.pop("manifest.json"))
         for name, data in members.items():
@@ -333,7 +335,7 @@ def resnet_se(tmp_path_factory):
 def _run(python: str, bundle: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """The command in the deployment's interpreter with the corpus setup file (as the corpus runs it:
     timm imports there); zen_trap importable (cwd/lib on PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(cwd / "lib")]), **reuse_check.TORCH_ENV)
+    env = dict(os.environ, PYTHONPATH=reuse_check.reuse_pythonpath(python, str(cwd / "lib")), **reuse_check.TORCH_ENV)
     env.pop("PYTHONHOME", None)
     return subprocess.run([python, "-m", "volatility3_zen.reuse", str(bundle), "--setup", str(reuse_check.SETUP), *args],
                           capture_output=True, text=True, env=env, cwd=str(cwd), timeout=600)
@@ -397,7 +399,7 @@ def test_dry_run_imports_nothing_the_bundle_names(resnet_se, tmp_path):
         print("imported:", sorted(m for m in sys.modules if m.split(".")[0] in ("timm", "derived", "zen_trap")))
         sys.exit(status)
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path / "lib")]))
+    env = dict(os.environ, PYTHONPATH=reuse_check.reuse_pythonpath(python, str(tmp_path / "lib")))
     env.pop("PYTHONHOME", None)
     result = subprocess.run([python, "-c", script, str(bundle)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -3,16 +3,20 @@
 A bundle is written by ``linux.zen.patchgen --dump`` from a core image; ``python -m volatility3_zen.reuse``
 then runs in the deployment's own interpreter (its venv has the base packages), with the deployments'
 numerics settings, the corpus setup file (tests/reuse_setup.py) and, hidden, the packages only the
-derivative brought, so that the interpreter stands for the base model's environment.
+derivative brought, so that the interpreter stands for the base model's environment.  Reuse checks the
+bundle's signature there, with the cryptography package those interpreters' pinned environments lack:
+``reuse_pythonpath`` adds it (``crypto_path``).
 """
 
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from tools.build_bml import ISF_DIR, vol_executable
 
@@ -67,8 +71,44 @@ def hidden_packages(bundle: Path) -> str:
     return ",".join(sorted({m.partition(".")[0] for m in modules} - set(base["provenance"].get("model_packages", []))))
 
 
+_CRYPTO_PATHS: Dict[str, str] = {}
+
+
+def crypto_path(python: str) -> str:
+    """A folder holding the cryptography package for ``python``'s CPython version ("" where ``python``
+    imports it already): the deployments' interpreters stand for base environments, where the
+    investigator installs cryptography to check signatures, but their environments are pinned without
+    it.  Installed once per version, from the package registry, at the versions this environment has,
+    into the corpus cache (beside its venvs); later runs reuse it."""
+    if python not in _CRYPTO_PATHS:
+        probe = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); import cryptography"],
+                               capture_output=True, text=True)
+        version = probe.stdout.split()[0]
+        _CRYPTO_PATHS[python] = "" if probe.returncode == 0 else str(_install_crypto(version))
+    return _CRYPTO_PATHS[python]
+
+
+def _install_crypto(version: str) -> Path:
+    from tools.corpus import cache
+
+    pins = [f"{name}=={metadata.version(name)}" for name in ("cryptography", "cffi")]
+    folder = cache.root() / "venvs" / f"crypto-cp{version.replace('.', '')}-{'-'.join(pins).replace('==', '')}"
+    with cache.locked(folder):
+        if not folder.exists():
+            scratch = cache.scratch_dir(folder)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(scratch), "--python-version",
+                            version, "--implementation", "cp", "--only-binary=:all:", *pins], check=True)
+            cache.publish(scratch, folder)
+    return folder
+
+
+def reuse_pythonpath(python: str, *extra: str) -> str:
+    """PYTHONPATH for volatility3_zen.reuse under ``python``: this checkout, ``extra``, cryptography."""
+    return os.pathsep.join(path for path in (str(REPO), *extra, crypto_path(python)) if path)
+
+
 def run_reuse(python: str, bundle: Path, *args: str, hide: str = "", timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), ZEN_REUSE_HIDE=hide, **TORCH_ENV)
+    env = dict(os.environ, PYTHONPATH=reuse_pythonpath(python), ZEN_REUSE_HIDE=hide, **TORCH_ENV)
     env.pop("PYTHONHOME", None)
     return subprocess.run([python, "-m", "volatility3_zen.reuse", str(bundle), "--setup", str(SETUP), *args],
                           capture_output=True, text=True, env=env, cwd=str(bundle.parent), timeout=timeout)

@@ -6,9 +6,11 @@ Run it where the base package is installed, under the image's CPython minor vers
     python -m volatility3_zen.reuse BUNDLE                # inject, rebuild, summarise the model
 
     from volatility3_zen import reuse
-    model = reuse.load("pid1234-7f3a....zenpatch.zip")    # an ordinary torch.nn.Module
+    model = reuse.load("pid1234-7f3a....zenpatch.zip")    # sandboxed: model(x) runs in a bwrap child
+    model = reuse.load(path, sandbox=False)               # an ordinary torch.nn.Module, in this process
 
-Steps (docs/reuse.md): the manifest's hashes are checked and a bundle for another CPython minor
+Steps (docs/reuse.md): the manifest's hashes are checked, the signature against the trusted keys
+(``python -m volatility3_zen.keys``; ``allow_unsigned=True`` skips it) and a bundle for another CPython minor
 version is refused; the changed code objects replace the code of the base's live functions; the
 added classes and functions are made from their code objects and put into their modules (created
 where this environment lacks them), with the module globals their code reads; then the model object
@@ -21,7 +23,7 @@ nor the rest of volatility3_zen needs to be installed here.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from .bundle import PatchBundle, ReuseError
 from .decode import Decoder
@@ -42,32 +44,52 @@ class Rebuilt:
     numerics_warnings: List[str] = field(default_factory=list)  # what could not be applied (also in warnings)
 
 
-def open_bundle(path: str, expect_sha256: Optional[str] = None) -> PatchBundle:
-    """The verified bundle (ReuseError when altered, damaged, or for another CPython)."""
+def open_bundle(path: str, expect_sha256: Optional[str] = None, allow_unsigned: bool = False,
+                trusted_keys: Sequence[str] = ()) -> PatchBundle:
+    """The verified bundle (ReuseError when altered, damaged, not signed by a trusted key, or for
+    another CPython).  Trusted keys: the trusted-keys folder (``python -m volatility3_zen.keys trust``)
+    and the public key files ``trusted_keys``; ``allow_unsigned`` skips the signature check."""
     bundle = PatchBundle(path, expect_sha256)
+    bundle.check_signature(trusted_keys, allow_unsigned)
     bundle.check_interpreter()
     return bundle
 
 
-def plan(path: str, expect_sha256: Optional[str] = None) -> Plan:
+def plan(path: str, expect_sha256: Optional[str] = None, allow_unsigned: bool = False,
+         trusted_keys: Sequence[str] = ()) -> Plan:
     """The dry run: what would be injected and patched; nothing is changed."""
-    return make_plan(open_bundle(path, expect_sha256))
+    return make_plan(open_bundle(path, expect_sha256, allow_unsigned, trusted_keys))
 
 
-def numerics_plan(path: str, expect_sha256: Optional[str] = None) -> NumericsPlan:
+def numerics_plan(path: str, expect_sha256: Optional[str] = None, allow_unsigned: bool = False,
+                  trusted_keys: Sequence[str] = ()) -> NumericsPlan:
     """What the rebuild would set up of the image's numerics (environment, threads, CPU capability)."""
-    return plan_numerics(open_bundle(path, expect_sha256).context())
+    return plan_numerics(open_bundle(path, expect_sha256, allow_unsigned, trusted_keys).context())
 
 
-def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, numerics: bool = True) -> Rebuilt:
+def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, numerics: bool = True,
+            allow_unsigned: bool = False, trusted_keys: Sequence[str] = (), sandbox: bool = True,
+            setup: Optional[str] = None, output_dir: Optional[str] = None) -> Rebuilt:
     """Inject the bundle's code and rebuild its model.  ``patch=False`` rebuilds from the recorded
     state without injecting anything: how the base environment alone fares (the control).
+
+    ``sandbox`` (the default): the bundle is verified here, and the rebuild runs in a sandboxed child
+    process (sandbox.py: no network, read-only filesystem except ``output_dir``, no home directory)
+    that keeps the model; ``Rebuilt.model`` is then a ``sandbox.SandboxedModel``, whose calls run
+    there and return tensors.  ``sandbox=False`` rebuilds in this process and returns the model
+    itself (only where running the recovered code is acceptable).  ``setup``: a Python file run first,
+    after the numerics environment is set (the CLI's ``--setup``).
 
     ``numerics`` (the default) applies the image's numerics from context.json: the environment
     variables that choose kernels and threads (only if torch is not imported yet; otherwise their
     differences are warnings), then torch's thread count, and checks the CPU capability.  Import
     torch after this call, or call it first, for the rebuilt model to run the image's kernels."""
-    bundle = open_bundle(path, expect_sha256)
+    if sandbox:
+        from .sandbox import rebuild as rebuild_sandboxed
+
+        return rebuild_sandboxed(path, expect_sha256, patch, numerics, setup, output_dir,
+                                 dict(allow_unsigned=allow_unsigned, trusted_keys=trusted_keys))
+    bundle = open_bundle(path, expect_sha256, allow_unsigned, trusted_keys)
     if not bundle.has("objects.json"):
         raise ReuseError(f"{path}: the bundle holds no object state (a plain-Python model, or the state was "
                          "unreadable in the image); there is no model to rebuild")
@@ -77,6 +99,10 @@ def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, 
     if numerics_plan_ is not None:
         applied, numerics_warnings = apply_environment(numerics_plan_)
         applied += numerics_plan_.notes
+    if setup:
+        import runpy
+
+        runpy.run_path(setup, run_name="__zen_setup__")
     doc = bundle.json("objects.json")
     files = {}
 
@@ -103,11 +129,16 @@ def rebuild(path: str, expect_sha256: Optional[str] = None, patch: bool = True, 
                    numerics_warnings)
 
 
-def load(path: str, expect_sha256: Optional[str] = None, numerics: bool = True) -> Any:
-    """The rebuilt model (an ordinary nn.Module: hooks, gradients and attacks work on it).  With
-    ``numerics``, the image's thread count is set and, where torch is not imported yet, its kernel
-    settings (``rebuild``); warnings go to ``warnings.warn``."""
-    result = rebuild(path, expect_sha256, numerics=numerics)
+def load(path: str, expect_sha256: Optional[str] = None, numerics: bool = True, allow_unsigned: bool = False,
+         trusted_keys: Sequence[str] = (), sandbox: bool = True, setup: Optional[str] = None,
+         output_dir: Optional[str] = None) -> Any:
+    """The rebuilt model.  Sandboxed (the default), a ``SandboxedModel`` whose calls run the model in
+    its sandboxed child and return tensors; with ``sandbox=False``, the model itself, in this process
+    (an ordinary nn.Module: hooks, gradients and attacks work on it).  With ``numerics``, the image's
+    thread count is set and, where torch is not imported yet, its kernel settings (``rebuild``);
+    warnings go to ``warnings.warn``."""
+    result = rebuild(path, expect_sha256, numerics=numerics, allow_unsigned=allow_unsigned, trusted_keys=trusted_keys,
+                     sandbox=sandbox, setup=setup, output_dir=output_dir)
     if numerics:
         import warnings as _warnings
 

@@ -1,4 +1,4 @@
-"""Opening a patch bundle in the base model's environment: integrity, version and environment checks."""
+"""Opening a patch bundle in the base model's environment: integrity, signature, version and environment checks."""
 
 import hashlib
 import json
@@ -6,9 +6,10 @@ import marshal
 import sys
 import zipfile
 from importlib import metadata
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..zenlib.bundle import format as bundleformat
+from ..zenlib.bundle import signing
 
 
 class ReuseError(Exception):
@@ -25,15 +26,19 @@ _MANIFEST_FIELDS = (("python_version", (str,)), ("torch_version", (str, type(Non
 
 
 class PatchBundle:
-    """A verified bundle: its manifest and members, decoded on demand."""
+    """A verified bundle: its manifest and members, decoded on demand.  The constructor checks the
+    container (limits before decompressing, every member hashed as it is read) and the manifest;
+    ``check_signature`` who signed it (``open_bundle`` does both)."""
 
     def __init__(self, path: str, expect_sha256: Optional[str] = None):
         self.path = path
+        self.signer: Optional[str] = None  # who signed it, once check_signature has run
         try:
-            self.members: Dict[str, bytes] = bundleformat.read_members(path)
+            verified = bundleformat.read_verified(path)
         except (OSError, zipfile.BadZipFile) as exc:
             raise ReuseError(f"{path}: not a readable patch bundle ({exc})") from None
-        problems = bundleformat.verify(self.members)
+        self.members: Dict[str, bytes] = verified.members
+        problems = verified.problems
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise ReuseError(f"{path}: refused, the bundle was altered or damaged: {problems[0]}{more}")
@@ -49,6 +54,27 @@ class PatchBundle:
                 raise ReuseError(f"{path}: refused, {bundleformat.MANIFEST} has no valid {field!r}")
         if "name" not in self.manifest["base"] or not isinstance(self.manifest["base"].get("source"), (str, type(None))):
             raise ReuseError(f"{path}: refused, {bundleformat.MANIFEST} has no valid 'base'")
+
+    def check_signature(self, trusted_keys: Sequence[str] = (), allow_unsigned: bool = False) -> str:
+        """Who signed the bundle, checked against the trusted keys (the trusted-keys folder and the
+        ``trusted_keys`` files); ReuseError when it is unsigned, signed by a key not trusted here or
+        not verifiable.  ``allow_unsigned`` skips the check (and needs no cryptography package)."""
+        if allow_unsigned:
+            self.signer = "signature not checked (--allow-unsigned)"
+            return self.signer
+        how = "--allow-unsigned (allow_unsigned=True) skips the check"
+        try:
+            signature = self.members.get(bundleformat.SIGNATURE)
+            if signature is None:
+                raise signing.Unsigned(f"unsigned (no {bundleformat.SIGNATURE}; sign bundles with a key from "
+                                       f"'{signing.KEYS_COMMAND} generate')")
+            trusted = signing.trusted_keys(trusted_keys)
+            self.signer = signing.check(signature, self.sha256, trusted).text()
+        except signing.CryptographyMissing as exc:
+            raise ReuseError(f"{self.path}: cannot check its signature: {exc}; {how}") from None
+        except signing.SigningError as exc:
+            raise ReuseError(f"{self.path}: refused, {exc}; {how}") from None
+        return self.signer
 
     # -- members ---------------------------------------------------------------------------------------
     def json(self, name: str) -> Any:

@@ -3,25 +3,29 @@
 ``render_html(target, base, result, model_diff)`` works on representations only (the target's UR, the
 winning base's UR, the attribution and the diff), never on a memory image.  The page has inline CSS,
 no script and no external resource, so that it opens on an air-gapped workstation.  It shows the
-provenance, the attribution scores, a heat map of code-object similarity, the added, renamed and
+summary, the chain of custody (image sha256, size and name, analysis times, tool versions, command
+line), the attribution scores, a heat map of code-object similarity, the added, renamed and
 removed classes, the layer changes, a side-by-side diff of every changed code object against its
 base counterpart and the text of the added code.
 
 Every name in a UR was read from a memory image, which an attacker may control: all text is passed
 through ``_text`` (non-printable characters, lone surrogates and bidirectional controls become
-visible escapes) and then HTML-escaped.  The same inputs give the same bytes: no timestamp, no
-dependence on how many reports this process wrote before.
+visible escapes) and then HTML-escaped.  The same inputs give the same bytes: no dependence on how
+many reports this process wrote before, and the only timestamps are those of the ``provenance`` given
+(the "Chain of custody" section, the one part that differs between two runs on the same image).
 """
 
 import difflib
 import hashlib
 import html
 import json
+import shlex
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ... import __version__
 from ..analysis import attribution, diff, heatmap, similarity
+from .contents import RunProvenance
 from ..representation.model import readable_value
 from ..representation.unified import CodeFeature, UnifiedRepresentation
 
@@ -281,6 +285,30 @@ def _numerics_section(context: Optional[Dict[str, Any]]) -> str:
             "bits.</p>")
 
 
+def _custody_section(provenance: Optional[RunProvenance]) -> str:
+    """The chain of custody: which image by content, when, with which tools, by which command."""
+    if provenance is None:
+        return '<p class="note">Not recorded (the report was rendered outside a plugin run).</p>'
+    p = provenance
+    size = "unknown" if p.image_size is None else f"{p.image_size:,} bytes"
+    rows = [
+        ("image file name", _e(p.image_name or "(not known)")),
+        ("image size", _e(size)),
+        ("image sha256", f"<code>{_e(p.image_sha256)}</code>" if p.image_sha256 else _e("not computed")),
+        ("analysis started (UTC)", _e(p.started)),
+        ("analysis finished (UTC)", _e(p.finished)),
+        ("volatility3-zen", _e(p.tool_version)),
+        ("Volatility 3", _e(p.volatility_version)),
+        ("Python (analysis)", _e(p.python_version)),
+        # sys.argv quoted as a shell would need it: copied back, it runs the same command.
+        ("command line", f"<code>{_e(shlex.join(p.command_line))}</code>"),
+    ]
+    return (_kv(rows) + ("<h3>Notes</h3>" + _list(p.notes, "warn") if p.notes else "")
+            + '<p class="note">The sha256 is of the image file as it lies on disk: <code>sha256sum</code> on the '
+            "evidence copy gives the same value. The bundle's manifest.json records the same fields under "
+            "<code>provenance</code>.</p>")
+
+
 def _attribution_table(result: attribution.Attribution) -> str:
     out = ['<table class="data" id="attribution"><tr><th>rank</th><th>base</th><th>MR</th><th>PR</th><th>UR</th>'
            "<th>candidate</th><th>exact matches</th><th>matched</th><th>added (Δ)</th><th>removed</th></tr>"]
@@ -376,14 +404,15 @@ def _changes_table(model_diff: diff.ModelDiff, anchors: Dict[int, str]) -> str:
 def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, result: attribution.Attribution,
                 model_diff: diff.ModelDiff, *, image: Optional[str] = None, bundle: Optional[str] = None,
                 warnings: Sequence[str] = (), weights: similarity.Weights = similarity.DEFAULT_WEIGHTS,
-                context: Optional[Dict[str, Any]] = None) -> str:
+                context: Optional[Dict[str, Any]] = None, provenance: Optional[RunProvenance] = None) -> str:
     """The report of one model root as one HTML document (a str; encode as UTF-8).
 
     ``target`` is the recovered model's UR (its provenance gives PID, process, root and root class),
     ``base`` the winning base's UR, ``result`` the attribution against the library and ``model_diff``
     the diff against ``base``.  ``image`` names the memory image, ``bundle`` the patch bundle written
     next to the report, ``warnings`` what the caller adds (such as why no bundle was written),
-    ``context`` the bundle's context.json (its ``numerics`` get a section).
+    ``context`` the bundle's context.json (its ``numerics`` get a section), ``provenance`` the run's
+    chain of custody (image sha256, times, versions, command line; the section says when it is absent).
     """
     prov = target.provenance
     root = prov.get("root")
@@ -456,6 +485,7 @@ def render_html(target: UnifiedRepresentation, base: UnifiedRepresentation, resu
         f"<h1>{_e(title)}</h1>",
         '<section id="summary"><h2>Summary</h2>', summary,
         "<h3>Warnings and notes</h3>", _list(all_warnings, "warn"), "</section>",
+        '<section id="provenance"><h2>Chain of custody</h2>', _custody_section(provenance), "</section>",
         ('<section id="numerics"><h2>Numerics of the process</h2>' + _numerics_section(context) + "</section>"
          if context is not None else ""),
         '<section id="scores"><h2>Attribution</h2>',

@@ -4,7 +4,8 @@ member by member).
 
 ``build`` sees only plain data: the contents ``bundle.collect`` read from the process (``bundle.contents``), the target's
 and the base's URs, the attribution and the diff.  A manifest lists the sha256 of every other member.
-JSON, marshal, text and safetensors only: no pickle.  The same inputs give the same bytes.
+JSON, marshal, text and safetensors only: no pickle.  The same inputs give the same bytes; between two
+runs on the same image only the manifest's ``provenance`` (the run's chain of custody) differs.
 """
 
 import hashlib
@@ -12,13 +13,13 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ... import __version__
 from ..analysis import attribution
 from ..analysis.diff import ModelDiff
 from ..representation.unified import UnifiedRepresentation
-from .contents import BundleContents
+from .contents import BundleContents, RunProvenance
 from .format import BUNDLE_FORMAT, BUNDLE_SCHEMA_VERSION, BUNDLE_SUFFIX, MANIFEST
 
 # Fixed zip timestamps: the same model and base give the same bytes.
@@ -56,9 +57,10 @@ def _json(document: Any) -> bytes:
 
 
 def build(contents: BundleContents, target: UnifiedRepresentation, base: UnifiedRepresentation,
-          result: attribution.Attribution, model_diff: ModelDiff) -> Bundle:
+          result: attribution.Attribution, model_diff: ModelDiff, provenance: Optional[RunProvenance] = None) -> Bundle:
     """The bundle.  ``model_diff`` is the diff as the bundle records it: with the added classes'
-    attributes that ``collect`` read (``ModelDiff.with_class_attributes``)."""
+    attributes that ``collect`` read (``ModelDiff.with_class_attributes``); ``provenance`` the run's
+    chain of custody (null in the manifest when not given)."""
     members: Dict[str, bytes] = {
         "classes.json": _json(_classes(target, model_diff)),
         "context.json": _json(contents.context),
@@ -90,6 +92,7 @@ def build(contents: BundleContents, target: UnifiedRepresentation, base: Unified
         "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                     for name, data in sorted(members.items())},
         "warnings": list(model_diff.warnings) + contents.warnings,
+        "provenance": provenance.to_json() if provenance is not None else None,
     }
     members[MANIFEST] = _json(manifest)
     return Bundle(bundle_name(contents.pid, contents.root), members, list(contents.warnings))

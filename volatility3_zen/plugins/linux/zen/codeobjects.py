@@ -1,4 +1,11 @@
-"""linux.zen.codeobjects: the Python code objects of every CPython process, with original bytecode."""
+"""linux.zen.codeobjects: the Python code objects of every CPython process, with original bytecode.
+
+The Integrity column says per code object whether its bytes are consistent ("ok"), or the first
+things that are not, such as an unknown opcode, an index outside co_consts, a jump outside the code or
+a line table that does not cover it (``zenlib/readers/cpython/integrity.py``, docs/code-objects.md):
+smeared or tampered memory can give a code object that reads without an error but is not what
+CPython compiled.
+"""
 
 import json
 import logging
@@ -9,7 +16,8 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_zen.zenlib.readers.cpython import export
+from volatility3_zen.zenlib.readers.cpython import export, integrity
+from volatility3_zen.zenlib.readers.cpython.layouts import minor_version
 from volatility3_zen.zenlib.readers.cpython.code_index import CodeEntry, index_code_objects
 from volatility3_zen.zenlib.vol import session
 
@@ -53,12 +61,16 @@ class CodeObjects(interfaces.plugins.PluginInterface):
                                + " and ".join(f for f in (module_filter and f"--module {module_filter.pattern}",
                                                           user_only and "--user-only") if f))
             sources = {}  # code address -> source text, shared by the dump and the Source column
+            problems = integrity.problems((e.code for e in entries), minor_version(program.interpreter.version))
+            if problems:
+                vollog.warning("PID %d: %d of %d code objects are inconsistent (see the Integrity column)",
+                               program.pid, len(problems), len(entries))
             if self.config.get("dump"):
-                self._dump(program, entries, sources)
+                self._dump(program, entries, sources, problems)
             for e in entries:
-                yield 0, self._row(program, e, sources)
+                yield 0, self._row(program, e, sources, problems)
 
-    def _row(self, program, e: CodeEntry, sources) -> tuple:
+    def _row(self, program, e: CodeEntry, sources, problems) -> tuple:
         row = (
             program.pid,
             program.process,
@@ -76,6 +88,7 @@ class CodeObjects(interfaces.plugins.PluginInterface):
             format_hints.Hex(e.code.address),
             e.function_id,
             e.code_qualname,
+            integrity.summary(problems.get(e.code.address, ())),
         )
         if self.config.get("decompile"):
             if e.code.address not in sources:
@@ -83,8 +96,10 @@ class CodeObjects(interfaces.plugins.PluginInterface):
             row += (sources[e.code.address],)
         return row
 
-    def _dump(self, program, entries: List[CodeEntry], sources) -> None:
+    def _dump(self, program, entries: List[CodeEntry], sources, problems) -> None:
         index = export.dump_code_objects(program, entries, self.open, sources)
+        for entry in index["code_objects"]:
+            entry["integrity"] = problems.get(entry["address"], [])
         with self.open(f"codeobjects-{program.pid}.json") as fh:
             fh.write(json.dumps(index, indent=1, sort_keys=True).encode())
 
@@ -92,7 +107,7 @@ class CodeObjects(interfaces.plugins.PluginInterface):
         columns = [
             ("PID", int), ("Process", str), ("Python", str), ("Module", str), ("Qualname", str), ("File", str),
             ("Line", int), ("Args", int), ("Locals", int), ("Bytecode", int), ("SHA256", str), ("Kind", str),
-            ("User", bool), ("Code", format_hints.Hex), ("FunctionID", str), ("CodeQualname", str),
+            ("User", bool), ("Code", format_hints.Hex), ("FunctionID", str), ("CodeQualname", str), ("Integrity", str),
         ]
         if self.config.get("decompile"):
             columns.append(("Source", str))

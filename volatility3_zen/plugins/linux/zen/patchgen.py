@@ -5,7 +5,9 @@ diffed against the winning base (``analysis.diff``): one row per changed, added 
 object, added or removed class, and changed layer.  ``--dump`` writes one self-describing zip per
 model root: the changed and added code as marshal files of the image's Python version, the added
 classes, the weights, the model description, the execution context, the diff and the attribution;
-and next to it a forensic HTML report (``zenlib/bundle/report.py``) (docs/patchgen.md).  A model that
+and next to it a forensic HTML report (``zenlib/bundle/report.py``) (docs/patchgen.md).  Both record the
+run's chain of custody (``zenlib/vol/provenance.py``): the image's sha256 (hashed once per run, when the
+first file is written), size and name, the analysis times, the tool versions and the command line.  A model that
 no base of the library matches (its best UR is below the match threshold) gets one ``unmatched`` row
 and a warning, and neither a diff nor a bundle.
 """
@@ -18,9 +20,9 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 from volatility3_zen.zenlib.analysis import attribution, diff
-from volatility3_zen.zenlib.bundle import collect, report, write
+from volatility3_zen.zenlib.bundle import collect, report, signing, write
 from volatility3_zen.zenlib.errors import ZenError
-from volatility3_zen.zenlib.vol import session
+from volatility3_zen.zenlib.vol import provenance, session
 
 vollog = logging.getLogger(__name__)
 
@@ -36,11 +38,17 @@ class PatchGen(interfaces.plugins.PluginInterface):
         return session.model_requirements() + [
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
                                             description="Write one patch bundle and one HTML report per model root (pid<PID>-<root>.zenpatch.zip, .report.html)"),
+            requirements.StringRequirement(name="sign_key", optional=True,
+                                           description="ed25519 private key (PEM) that signs the bundles (default: the key "
+                                                       f"made by '{signing.KEYS_COMMAND} generate', if there is one)"),
         ]
 
     def _generator(self) -> Iterator[Tuple[int, tuple]]:
         if self.config.get("dump"):
             session.check_output_dir(self)
+            self._signing_key = _signing_key(self.config.get("sign_key"))
+            # The chain of custody of what --dump writes; the image is hashed when the first file is.
+            self._recorder = provenance.RunRecorder(self.context, self._progress_callback)
         for found, result, bases in session.attributed_models(self.context, self.config):
             pid, root, ur = found.target.pid, found.root, found.ur
             if not result.matched:
@@ -65,17 +73,22 @@ class PatchGen(interfaces.plugins.PluginInterface):
         except ZenError as exc:
             vollog.warning("PID %d: no patch bundle (%s)", found.target.pid, exc)
             notes.append(f"no patch bundle: {exc}")
+            run = self._recorder.provenance()
         else:
             model_diff = model_diff.with_class_attributes(contents.class_attributes)
             context = contents.context
-            bundle = write.build(contents, found.ur, base, result, model_diff)
+            run = self._recorder.provenance()  # "finished": everything of this root has been read
+            bundle = write.build(contents, found.ur, base, result, model_diff, provenance=run)
             for warning in bundle.warnings:
                 vollog.warning("PID %d: %s", found.target.pid, warning)
             notes += bundle.warnings
+            if self._signing_key is not None:
+                signing.sign(bundle.members, self._signing_key)  # signature.json: the manifest is unchanged
             with self.open(bundle.name) as handle:
                 bundle.write(handle)
         text = report.render_html(found.ur, base, result, model_diff, image=session.image_name(self.context) or None,
-                                  bundle=bundle.name if bundle is not None else None, warnings=notes, context=context)
+                                  bundle=bundle.name if bundle is not None else None, warnings=notes, context=context,
+                                  provenance=run)
         with self.open(report.report_name(found.target.pid, found.root)) as handle:
             handle.write(text.encode("utf-8"))
 
@@ -84,6 +97,19 @@ class PatchGen(interfaces.plugins.PluginInterface):
                    ("Kind", str), ("ClassKey", str), ("Function", str), ("Size", int), ("Similarity", float),
                    ("Layer", str), ("Detail", str)]
         return renderers.TreeGrid(columns, self._generator())
+
+
+def _signing_key(path):
+    """The key --dump signs with, read before the analysis (a bad --sign-key is one line and exit 1);
+    None, with one warning, when there is none."""
+    try:
+        key = signing.signing_key(path)
+    except signing.SigningError as exc:
+        session.fail(f"--sign-key: {exc}" if path else f"the signing key: {exc}")
+    if key is None:
+        vollog.warning("no signing key: the bundles are written unsigned, and reuse refuses them without "
+                       f"--allow-unsigned (make a key once: {signing.KEYS_COMMAND} generate)")
+    return key
 
 
 def _unmatched_row(found: session.FoundModel, result: attribution.Attribution) -> tuple:
@@ -120,5 +146,7 @@ def _rows(model_diff: diff.ModelDiff) -> Iterator[tuple]:
         detail = ",".join(layer.fields) + (f" (base {layer.base_path or '(root)'})" if moved else "")
         yield (f"layer-{layer.kind}", layer.class_key or layer.base_class_key or "", "", layer.elements, none,
                layer.path or "(root)", detail)
+    for fid in model_diff.skipped:  # smeared memory: code on one side that could not be compared
+        yield ("unreadable", "", fid, 0, none, "", "not compared (see the warnings)")
     if model_diff.empty:
-        yield ("identical", "", "", 0, none, "", "")
+        yield ("identical", "", "", 0, none, "", "in what could be read" if model_diff.skipped else "")

@@ -36,7 +36,10 @@ class OpcodeTables:
         self.deopt: List[int] = tables.get("deopt", list(range(256)))
         self.caches: List[int] = tables.get("caches", [0] * 256)
         self.de_instrument: Dict[int, int] = {int(op): base for op, base in tables.get("de_instrument", {}).items()}
-        self.base: List[int] = [self.de_instrument.get(op) or self.deopt[op] for op in range(256)]
+        # An opcode the version does not define deopts to 0 (CACHE) in CPython's table; it never occurs
+        # in intact bytecode, and kept as it is it shows in the restored code (readers/cpython/integrity.py).
+        self.base: List[int] = [self.de_instrument.get(op) or (op if self.opname[op].startswith("<") else self.deopt[op])
+                                for op in range(256)]
         self.constants: Dict[str, int] = tables["constants"]
         get = self.constants.get
         self.have_argument: int = self.constants["HAVE_ARGUMENT"]
