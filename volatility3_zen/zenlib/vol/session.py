@@ -237,13 +237,21 @@ def _open_torch(target: Target, process: PythonProcess, selection: _Selection) -
     """The process's torch, or None (skipped by the policy, with a WARNING that says why: no torch
     imported, or an unreadable or unsupported one)."""
     try:
-        return TorchProcess(process)
+        torch_process = TorchProcess(process)
     except DECODE_ERRORS as exc:
         reason = _describe(exc)
         if isinstance(exc, NoPythonError):
             reason += "; its models cannot be read (linux.zen.codeobjects lists its code)"
         selection.skip(target, reason)
         return None
+    _report_table(target, torch_process)
+    return torch_process
+
+
+def _report_table(target: Target, torch_process: TorchProcess) -> None:
+    """A layout table borrowed from another release (validate.py) is said at WARNING level, with its figure."""
+    if torch_process.table.warning:
+        vollog.warning("PID %d: %s", target.pid, torch_process.table.warning)
 
 
 def torch_processes(context, config) -> Iterator[Tuple[Target, TorchProcess]]:
@@ -313,7 +321,9 @@ def models(context, config, roots=None, with_source: bool = False) -> Iterator[F
             selection.skip(target, _describe(exc))
             continue
         if torch_process is not None:
+            _report_table(target, torch_process)
             provenance["torch"] = torch_process.torch_version
+            provenance["torch_table"] = torch_process.table.table
             packages = torch_process.execution_context().packages
             kept = ranked_roots(target, torch_process, roots, all_roots, read_bytes=False)
             strays += kept.left_out

@@ -61,7 +61,8 @@ class Model(interfaces.plugins.PluginInterface):
                 else:
                     yield 0, (pid, target.name, format_hints.Hex(model.root_address), model.root_class, summary.modules,
                               summary.parameters, summary.buffers, summary.tensors, summary.weights, summary.nbytes,
-                              ",".join(summary.dtypes), ",".join(summary.devices), context.torch_version)
+                              ",".join(summary.dtypes), ",".join(summary.devices), context.torch_version,
+                              torch_process.table.table)  # the layout table read with (a borrowed one is warned)
 
     def run(self) -> renderers.TreeGrid:
         if self.config.get("layers"):
@@ -74,5 +75,5 @@ class Model(interfaces.plugins.PluginInterface):
         else:
             columns = [("PID", int), ("Process", str), ("Root", format_hints.Hex), ("RootClass", str), ("Modules", int),
                        ("Parameters", int), ("Buffers", int), ("Tensors", int), ("Weights", int), ("Bytes", int),
-                       ("Dtypes", str), ("Devices", str), ("Torch", str)]
+                       ("Dtypes", str), ("Devices", str), ("Torch", str), ("TorchTable", str)]
         return renderers.TreeGrid(columns, self._generator())

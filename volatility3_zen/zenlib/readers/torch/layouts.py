@@ -6,23 +6,40 @@ from the DWARF of a C++ probe compiled against that release's headers; see docs/
 offsets come from the ISF loader shared with the CPython tables (``readers/isf.py``): base classes and
 anonymous unions are flattened, so inherited members are reached directly, as in C++
 (``THPVariable.cdata.impl_``, with ``impl_`` declared in the base ``at::TensorBase``).  This module adds
-the dtype and device tables and release numbers.  Loading uses the standard json module only.
+the dtype and device tables, release numbers and the release index.
+
+The index (``symbols/torch/releases.json``) maps every release to its table: patch releases whose
+headers are identical share one table (``"2.4.1": {"table": "2.4.0", ...}``).  A folder without an
+index (a test's or an investigator's own tables, named by ``$ZEN_TORCH_SYMBOLS``) serves each
+``torch-X.Y.Z.json`` for release X.Y.Z.  Loading uses the standard json module only.
 """
 
+import dataclasses
+import json
+import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ...errors import UnsupportedVersionError
-from ..isf import IsfTable, LayoutKeyError, ShippedTables, read_isf
+from ..isf import SYMBOLS_ROOT, IsfTable, LayoutKeyError, read_isf
 
-__all__ = ["DEVICE_ENUM", "DTYPE_ENUM", "ITEMSIZE_ENUM", "LayoutKeyError", "SCALAR_TYPE_ENUM", "SYMBOLS_DIR",
-           "TorchLayout", "load_torch_layout", "release", "supported_versions"]
+__all__ = ["DEVICE_ENUM", "DTYPE_ENUM", "INDEX_NAME", "ITEMSIZE_ENUM", "LayoutKeyError", "SCALAR_TYPE_ENUM",
+           "SYMBOLS_DIR", "SYMBOLS_ENV", "TorchLayout", "TorchVersion", "candidate_layouts", "load_torch_layout",
+           "parse_version", "release", "supported_versions", "table_for"]
 
 # Tables the generator derives (tools/gen_torch_isf.py), stored as ISF enums: name -> integer.
 ITEMSIZE_ENUM = "zen::scalar_type_itemsize"  # c10::ScalarType enumerator ("Float") -> item size in bytes
 DTYPE_ENUM = "zen::torch_dtype"  # torch dtype name ("float32") -> c10::ScalarType value
 DEVICE_ENUM = "zen::torch_device_type"  # torch.device type name ("cpu") -> c10::DeviceType value
 SCALAR_TYPE_ENUM = "c10::ScalarType"
+
+SYMBOLS_DIR = os.path.join(SYMBOLS_ROOT, "torch")
+INDEX_NAME = "releases.json"
+# A folder of tables used instead of the shipped ones (tests hide a release's table with it).
+SYMBOLS_ENV = "ZEN_TORCH_SYMBOLS"
+_TABLE_FILE = re.compile(r"torch-(\d+\.\d+\.\d+)\.json")
+# How many tables, nearest first, a release without its own table tries (readers/torch/validate.py).
+MAX_CANDIDATES = 3
 
 
 class TorchLayout(IsfTable):
@@ -31,11 +48,13 @@ class TorchLayout(IsfTable):
     ``scalar_types`` maps a c10::ScalarType value (the index stored in ``TensorImpl.data_type_``) to
     (torch dtype name, item size): ``{6: ("float32", 4), 15: ("bfloat16", 2), ...}``;
     ``device_types`` maps a c10::DeviceType value to the torch.device type name: ``{0: "cpu", 1: "cuda"}``.
+    ``table`` names the file ("torch-2.4.0"): the release it was generated from, which may serve others.
     """
 
     def __init__(self, isf: dict, source: str = "<dict>"):
         self.build_version: str = isf["metadata"]["producer"]["torch_version"]  # "2.13.0+cpu"
         self.version: str = release(self.build_version)  # "2.13.0"
+        self.table = f"torch-{self.version}"
         super().__init__(isf, source, f"PyTorch {self.version}")
         c10_names = {value: name for name, value in self.enum(SCALAR_TYPE_ENUM).items()}
         itemsizes = self.enum(ITEMSIZE_ENUM)
@@ -45,30 +64,136 @@ class TorchLayout(IsfTable):
         self.device_types: Dict[int, str] = {value: name for name, value in self.enum(DEVICE_ENUM).items()}
 
 
-def _open_layout(version: str, path: str) -> TorchLayout:
-    return TorchLayout(read_isf(path), path)
+# -- version strings ---------------------------------------------------------------------------------
+
+# torch.__version__ of the registry's builds: "2.4.1", "1.11.0+cu113", "2.13.0+cpu", "2.1.0+rocm5.6",
+# "2.2.0+cpu.cxx11.abi".  Anything else after the release ("2.6.0a0+git1234", "2.1.0.dev20230801",
+# "2.6.0a0+ecf3bae40a.nv25.01") is a pre-release or a custom build, whose C++ classes may differ.
+_VERSION = re.compile(r"\s*v?(\d+)\.(\d+)\.(\d+)([^+\s]*)(?:\+(\S*))?\s*")
+_REGISTRY_TAG = re.compile(r"(cpu|cu\d+|rocm\d+(\.\d+)*|xpu)(\.cxx11\.abi)?")
 
 
-_TABLES: ShippedTables[TorchLayout] = ShippedTables("torch", "torch", "PyTorch", _open_layout)
-SYMBOLS_DIR = _TABLES.folder
+@dataclasses.dataclass(frozen=True)
+class TorchVersion:
+    text: str  # as torch.__version__ gave it
+    release: str  # "2.6.0"
+    suffix: str  # what follows the release before "+": "a0", ".dev20230801", "" for a release
+    local: str  # the build tag after "+": "cu113", "git1234", ""
+
+    @property
+    def key(self) -> Tuple[int, int, int]:
+        major, minor, patch = self.release.split(".")
+        return int(major), int(minor), int(patch)
+
+    @property
+    def registry_build(self) -> bool:
+        """A release as the registry builds it (any CUDA/ROCm/CPU flavour): its own table is exact."""
+        return not self.suffix and (not self.local or bool(_REGISTRY_TAG.fullmatch(self.local)))
+
+
+def parse_version(version: str) -> TorchVersion:
+    match = _VERSION.fullmatch(str(version))
+    if not match:
+        raise UnsupportedVersionError(f"cannot read a PyTorch version from {version!r} (expected e.g. '2.13.0')")
+    major, minor, patch, suffix, local = match.groups()
+    return TorchVersion(str(version).strip(), f"{int(major)}.{int(minor)}.{int(patch)}", suffix, local or "")
 
 
 def release(version: str) -> str:
-    """"2.13.0", "2.13.0+cpu", "2.13.0a0+git1234" -> "2.13.0": one table serves every build of a release."""
-    match = re.match(r"\s*v?(\d+\.\d+\.\d+)", str(version))
-    if not match:
-        raise UnsupportedVersionError(f"cannot read a PyTorch version from {version!r} (expected e.g. '2.13.0')")
-    return match.group(1)
+    """"2.13.0", "2.13.0+cpu", "2.13.0a0+git1234" -> "2.13.0"."""
+    return parse_version(version).release
+
+
+def _key(release_number: str) -> Tuple[int, ...]:
+    return tuple(int(part) for part in release_number.split("."))
+
+
+# -- the tables of a folder --------------------------------------------------------------------------
+
+class _Tables:
+    """The tables of one folder: the release index, and each table opened once."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        index_path = os.path.join(folder, INDEX_NAME)
+        try:
+            files = os.listdir(folder)
+        except OSError as error:
+            raise UnsupportedVersionError(f"PyTorch layout tables: cannot read {folder} ({error.strerror})") from None
+        if os.path.exists(index_path):
+            with open(index_path, encoding="utf-8") as fh:
+                self.index = {number: entry["table"] for number, entry in json.load(fh)["releases"].items()}
+        else:
+            self.index = {m.group(1): m.group(1) for m in map(_TABLE_FILE.fullmatch, files) if m}
+        self.releases: List[str] = sorted(self.index, key=_key)
+        self._opened: Dict[str, TorchLayout] = {}
+
+    def open(self, table_version: str) -> TorchLayout:
+        layout = self._opened.get(table_version)
+        if layout is None:
+            path = os.path.join(self.folder, f"torch-{table_version}.json")
+            layout = self._opened.setdefault(table_version, TorchLayout(read_isf(path), path))
+        return layout
+
+    def supported(self) -> str:
+        if not self.releases:
+            return "none installed"
+        return self.releases[0] if len(self.releases) == 1 else f"{self.releases[0]}-{self.releases[-1]}"
+
+    def nearest(self, wanted: Tuple[int, int, int]) -> List[str]:
+        """Releases with a table, nearest to ``wanted`` first: the newest older one, then the oldest
+        newer one, alternating outwards (a release newer than every table gets the newest first)."""
+        older = [r for r in self.releases if _key(r) <= wanted][::-1]
+        newer = [r for r in self.releases if _key(r) > wanted]
+        ordered = []
+        for pair in zip(older, newer):
+            ordered += pair
+        longer = older if len(older) > len(newer) else newer
+        return ordered + longer[min(len(older), len(newer)):]
+
+
+_FOLDERS: Dict[str, _Tables] = {}
+
+
+def _tables() -> _Tables:
+    folder = os.environ.get(SYMBOLS_ENV) or SYMBOLS_DIR
+    tables = _FOLDERS.get(folder)
+    if tables is None:
+        tables = _FOLDERS.setdefault(folder, _Tables(folder))
+    return tables
 
 
 def supported_versions() -> List[str]:
-    """Releases with a shipped table, oldest first: ["2.13.0"]."""
-    return list(_TABLES.versions)
+    """Releases with a table, oldest first: ["1.8.0", "1.8.1", ..., "2.15.0"]."""
+    return list(_tables().releases)
+
+
+def table_for(version: str) -> Optional[str]:
+    """The table file's release that serves ``version``'s release ("2.4.1" -> "2.4.0"), or None."""
+    return _tables().index.get(release(version))
 
 
 def load_torch_layout(version: str) -> TorchLayout:
-    """The layout for a PyTorch release (``torch.__version__`` form; a local build tag is ignored); cached.
+    """The table of a PyTorch release, from a ``torch.__version__`` string ("1.11.0+cu113", "2.4.1",
+    "2.6.0a0+git1234": a build tag or pre-release mark is ignored here; ``candidate_layouts`` says
+    whether the table is exact); cached.  A release without a table raises UnsupportedVersionError."""
+    tables = _tables()
+    number = release(version)
+    if number not in tables.index:
+        raise UnsupportedVersionError(f"PyTorch {number} is not supported (supported: {tables.supported()})")
+    return tables.open(tables.index[number])
 
-    Layouts are matched on the full release number: C++ classes may change in any release.
-    """
-    return _TABLES.load(release(version))
+
+def candidate_layouts(version: str) -> Tuple[bool, List[TorchLayout]]:
+    """(exact, tables to try): a registry build of a release with a table gets that table, exact;
+    anything else (a release without a table, a pre-release or custom build) gets up to
+    ``MAX_CANDIDATES`` tables, nearest release first, to be validated on the process's own tensors."""
+    tables = _tables()
+    parsed = parse_version(version)
+    if parsed.release in tables.index and parsed.registry_build:
+        return True, [tables.open(tables.index[parsed.release])]
+    chosen: List[str] = []
+    for number in tables.nearest(parsed.key):
+        if tables.index[number] not in chosen:
+            chosen.append(tables.index[number])
+    return False, [tables.open(table) for table in chosen[:MAX_CANDIDATES]]

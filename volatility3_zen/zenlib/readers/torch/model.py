@@ -25,9 +25,9 @@ from ..cpython.frames import FrameReader
 from ..cpython.objects import DECODE_ERRORS
 from ..cpython.recover import PythonProcess
 from ..cpython.state import WalkBudget
-from .layouts import load_torch_layout
 from .numerics import read_numerics
 from .tensors import TensorDataUnavailableError, TensorReader
+from .validate import SAMPLE_SIZE, choose_layout
 
 MODULE_CLASS = ("torch.nn.modules.module", "Module")
 # Where else a process holds the Module class and the version string, should smeared memory have
@@ -67,10 +67,26 @@ class TorchProcess:
         self.torch_version = next(filter(None, (self._module_version(m) for m in ("torch",) + VERSION_ALSO_IN)), None)
         if not self.torch_version:
             raise UnsupportedVersionError("torch.__version__ could not be read from memory")
-        self.tensors = TensorReader(python.memory, load_torch_layout(self.torch_version))
         self.module_class = self._module_class()
         self._is_module_type: Dict[int, bool] = {}
+        # The release's own layout table, or the nearest one once it reads the process's tensors (validate.py).
+        self.table = choose_layout(python.memory, self.torch_version, self._tensor_sample)
+        self.tensors = TensorReader(python.memory, self.table.layout)
         self._numerics: Optional[Numerics] = None
+
+    def _tensor_sample(self) -> List[int]:
+        """Parameters and buffers of the modules on the GC lists: what a borrowed table is validated on."""
+        found: List[int] = []
+        for obj, type_addr in self.heap.gc_objects():
+            if len(found) >= SAMPLE_SIZE:
+                break
+            if self.is_module_type(type_addr):
+                try:
+                    attrs = self.heap.instance_dict(obj)
+                    found += [t for name in ("_parameters", "_buffers") for _, t in self.tensor_dict(attrs, name)]
+                except DECODE_ERRORS:
+                    continue
+        return found
 
     def _namespace(self, module_name: str) -> Dict[str, int]:
         return self.o.module_namespace(self.module_addrs[module_name])

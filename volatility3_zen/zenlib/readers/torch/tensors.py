@@ -31,30 +31,39 @@ TENSOR_IMPL = "c10::TensorImpl"
 STORAGE_IMPL = "c10::StorageImpl"
 AUTOGRAD_META = "torch::autograd::AutogradMeta"
 
-# Every value the reader takes from memory: name -> (struct, member path, struct format).  The formats
-# are checked against the member sizes when a reader is made, so a release that changes a type fails
-# loudly instead of reading garbage.
-FIELDS: Dict[str, Tuple[str, str, str]] = {
-    "impl": (THP_VARIABLE, "cdata.impl_.target_", "Q"),
-    "pyobj": (TENSOR_IMPL, "pyobj_slot_.pyobj_._M_b._M_p", "Q"),
-    "storage": (TENSOR_IMPL, "storage_.storage_impl_.target_", "Q"),
+# Every value the reader takes from memory: name -> (struct, member paths, struct format).  Where releases
+# name a member differently, the paths are alternatives, newest release's first; the first one the
+# table has is read.  The formats are checked against the member sizes when a reader is made, so a
+# release that changes a type fails loudly instead of reading garbage.
+FIELDS: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
+    # cdata is an at::Tensor, or (1.10-2.9) a c10::MaybeOwned<at::Tensor> whose borrowed and owned
+    # Tensor share one place in a union.
+    "impl": (THP_VARIABLE, ("cdata.impl_.target_", "cdata.own_.impl_.target_"), "Q"),
+    # c10::impl::PyObjectSlot's atomic pointer (2.10+), its plain pointer (2.0-2.9), TensorImpl's own (1.8-1.13).
+    "pyobj": (TENSOR_IMPL, ("pyobj_slot_.pyobj_._M_b._M_p", "pyobj_slot_.pyobj_", "pyobj_"), "Q"),
+    "storage": (TENSOR_IMPL, ("storage_.storage_impl_.target_",), "Q"),
     # std::unique_ptr with the default (empty) deleter: just the pointer.
-    "autograd_meta": (TENSOR_IMPL, "autograd_meta_", "Q"),
-    "ndim": (TENSOR_IMPL, "sizes_and_strides_.size_", "Q"),
+    "autograd_meta": (TENSOR_IMPL, ("autograd_meta_",), "Q"),
+    "ndim": (TENSOR_IMPL, ("sizes_and_strides_.size_",), "Q"),
     # ndim <= inline capacity: sizes then strides in place; else a pointer to n sizes then n strides.
-    "out_of_line_sizes": (TENSOR_IMPL, "sizes_and_strides_.outOfLineStorage_", "Q"),
-    "storage_offset": (TENSOR_IMPL, "storage_offset_", "q"),
-    "numel": (TENSOR_IMPL, "numel_", "q"),
-    "scalar_type": (TENSOR_IMPL, "data_type_.index_", "H"),  # TypeMeta index == ScalarType value
-    "device_type": (TENSOR_IMPL, "device_opt_._M_payload._M_payload._M_value.type_", "b"),
-    "device_index": (TENSOR_IMPL, "device_opt_._M_payload._M_payload._M_value.index_", "b"),
-    "device_engaged": (TENSOR_IMPL, "device_opt_._M_payload._M_engaged", "B"),
-    "data_ptr": (STORAGE_IMPL, "data_ptr_.ptr_.data_", "Q"),
-    "storage_nbytes": (STORAGE_IMPL, "size_bytes_.data_", "q"),  # c10::SymInt: negative when symbolic
-    "storage_device_type": (STORAGE_IMPL, "data_ptr_.device_.type_", "b"),
-    "storage_device_index": (STORAGE_IMPL, "data_ptr_.device_.index_", "b"),
-    "requires_grad": (AUTOGRAD_META, "requires_grad_", "B"),
-    "grad_fn": (AUTOGRAD_META, "grad_fn_.target_", "Q"),
+    "out_of_line_sizes": (TENSOR_IMPL, ("sizes_and_strides_.outOfLineStorage_",), "Q"),
+    "storage_offset": (TENSOR_IMPL, ("storage_offset_",), "q"),
+    "numel": (TENSOR_IMPL, ("numel_",), "q"),
+    "scalar_type": (TENSOR_IMPL, ("data_type_.index_",), "H"),  # TypeMeta index == ScalarType value
+    # std::optional<Device> (libstdc++) since 2.2; c10's own optional before.
+    "device_type": (TENSOR_IMPL, ("device_opt_._M_payload._M_payload._M_value.type_",
+                                  "device_opt_.storage_.value_.type_"), "b"),
+    "device_index": (TENSOR_IMPL, ("device_opt_._M_payload._M_payload._M_value.index_",
+                                   "device_opt_.storage_.value_.index_"), "b"),
+    "device_engaged": (TENSOR_IMPL, ("device_opt_._M_payload._M_engaged", "device_opt_.init_"), "B"),
+    "data_ptr": (STORAGE_IMPL, ("data_ptr_.ptr_.data_",), "Q"),
+    # c10::SymInt (negative when symbolic) since 1.13; a size_t before.
+    "storage_nbytes": (STORAGE_IMPL, ("size_bytes_.data_", "size_bytes_"), "q"),
+    "storage_device_type": (STORAGE_IMPL, ("data_ptr_.device_.type_",), "b"),
+    "storage_device_index": (STORAGE_IMPL, ("data_ptr_.device_.index_",), "b"),
+    "requires_grad": (AUTOGRAD_META, ("requires_grad_",), "B"),
+    # c10::intrusive_ptr<Node> since 2.13; a std::shared_ptr before.
+    "grad_fn": (AUTOGRAD_META, ("grad_fn_.target_", "grad_fn_._M_ptr"), "Q"),
 }
 INLINE_SIZES = (TENSOR_IMPL, "sizes_and_strides_.inlineStorage_")
 
@@ -77,8 +86,11 @@ class TensorReader:
         self.memory = memory
         self.layout = layout
         self._fields: Dict[str, Tuple[int, struct.Struct]] = {}
-        for name, (owner, path, fmt) in FIELDS.items():
+        for name, (owner, paths, fmt) in FIELDS.items():
             unpacker = struct.Struct("<" + fmt)
+            path = next((p for p in paths if layout.has(owner, p)), None)
+            if path is None:
+                raise UnsupportedVersionError(f"PyTorch {layout.version}: {owner} has no member {' or '.join(paths)}")
             size = layout.member_size(owner, path)
             if size != unpacker.size:
                 raise UnsupportedVersionError(f"PyTorch {layout.version}: {owner}.{path} is {size} bytes, "
@@ -103,7 +115,8 @@ class TensorReader:
         """The TensorImpl of a torch.Tensor object; CorruptObjectError unless it points back to it."""
         try:
             impl = self._read_field("impl", pyobj_address)
-            back = self._read_field("pyobj", impl) if impl else 0
+            # Some releases tag the pointer's low bit when C++ owns the PyObject (a resurrected tensor).
+            back = self._read_field("pyobj", impl) & ~1 if impl else 0
         except MemoryReadError as error:
             raise CorruptObjectError(f"0x{pyobj_address:x} is not a readable torch.Tensor ({error})") from None
         if not impl or back != pyobj_address:
