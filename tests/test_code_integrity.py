@@ -174,13 +174,6 @@ def test_every_code_object_of_a_clean_core_is_consistent(name):
 
 
 # -- a smeared copy of a core --------------------------------------------------------------------------------
-def _file_offset(elf: ELFFile, address: int) -> int:
-    for segment in elf.iter_segments():
-        if segment["p_type"] == "PT_LOAD" and segment["p_vaddr"] <= address < segment["p_vaddr"] + segment["p_filesz"]:
-            return segment["p_offset"] + address - segment["p_vaddr"]
-    raise AssertionError(f"0x{address:x} is not in the core's data")
-
-
 def _bytecode_address(core, version: str, code_address: int) -> int:
     """Where the code object's bytecode lies: inline from 3.11 on, else in its co_code bytes object."""
     layout = load_layout(version)
@@ -188,7 +181,7 @@ def _bytecode_address(core, version: str, code_address: int) -> int:
         return code_address + layout.offset("PyCodeObject", "co_code_adaptive")
     with open(core, "rb") as handle:
         elf = ELFFile(handle)
-        handle.seek(_file_offset(elf, code_address + layout.offset("PyCodeObject", "co_code")))
+        handle.seek(zen_testlib.core_file_offset(elf, code_address + layout.offset("PyCodeObject", "co_code")))
         co_code = int.from_bytes(handle.read(8), "little")
     return co_code + layout.offset("PyBytesObject", "ob_sval")
 
@@ -213,7 +206,7 @@ def test_a_smeared_code_object_is_flagged_in_its_row(name, tmp_path):
     version = rows[0]["Python"]
     start = _bytecode_address(path, version, victim["Code"])
     with open(copy, "r+b") as handle:
-        handle.seek(_file_offset(ELFFile(handle), start))
+        handle.seek(zen_testlib.core_file_offset(ELFFile(handle), start))
         handle.write(b"\xff\x00")  # the first instruction becomes an opcode no version defines
     smeared, stderr = _rows(copy)
     flagged = {r["Code"]: r["Integrity"] for r in smeared if r["Integrity"] != "ok"}

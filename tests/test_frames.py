@@ -66,20 +66,13 @@ def test_frames_of_live_threads(name, functions):
     assert not frames.warnings
 
 
-def _file_offset(elf, address):
-    for segment in elf.iter_segments():
-        if segment["p_type"] == "PT_LOAD" and segment["p_vaddr"] <= address < segment["p_vaddr"] + segment["p_filesz"]:
-            return segment["p_offset"] + address - segment["p_vaddr"]
-    raise AssertionError(f"0x{address:x} is not in the core's data")
-
-
 def _unlink_from_gc_list(core_copy: Path, obj: int, gc_size: int):
     """Link the GC neighbours of ``obj`` to each other in the copy (3.8+ PyGC_Head: _gc_next, then
     _gc_prev whose low bits are flags)."""
     with open(core_copy, "r+b") as f:
         elf = ELFFile(f)
         head = obj - gc_size
-        at = lambda address: _file_offset(elf, address)  # noqa: E731
+        at = lambda address: zen_testlib.core_file_offset(elf, address)  # noqa: E731
         f.seek(at(head))
         following, previous_word = struct.unpack("<QQ", f.read(16))
         previous = previous_word & ~0x3

@@ -13,13 +13,11 @@ forge the resnet-se bundle from its core image and run ``python -m volatility3_z
 deployment's own interpreter (timm and torch installed).
 """
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,8 @@ from volatility3_zen.reuse.decode import Decoder
 from volatility3_zen.reuse.trust import Refused, Trust
 from volatility3_zen.zenlib.bundle import format as bundle_format
 from volatility3_zen.zenlib.bundle import signing
+
+import zen_testlib
 
 
 TRAP = """
@@ -268,17 +268,8 @@ def _rehashed(source: Path, target: Path, change) -> Path:
     change(doc, context)
     members["objects.json"] = json.dumps(doc).encode()
     members["context.json"] = json.dumps(context).encode()
-    manifest = json.loads(members["manifest.json"])
-    for name in ("objects.json", "context.json"):
-        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    signing.sign(members, signing.signing_key())
-    with zipfile.ZipFile(target, "w") as archive:
-        archive.writestr("manifest.json", members.pop("manifest.json"))
-        for name, data in members.items():
-            archive.writestr(name, data)
-    assert bundle_format.verify(bundle_format.read_members(target)) == []
-    return target
+    return zen_testlib.write_rehashed_bundle(members, ("objects.json", "context.json"), target,
+                                             sign=lambda m: signing.sign(m, signing.signing_key()))
 
 
 def _root_first(doc, name, value):

@@ -12,7 +12,6 @@ the bundle's code.json and manifest are re-hashed (it passes the integrity check
 where harmless, with ``--no-sandbox`` as the control that shows the code really does what it says.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,8 @@ import pytest
 from tools import reuse_check
 from volatility3_zen.reuse import sandbox
 from volatility3_zen.zenlib.bundle import format as bundle_format
+
+import zen_testlib
 
 REPO = Path(__file__).resolve().parent.parent
 FORWARD = "SEBlock.forward"  # the derivative's added method: runs on every forward pass
@@ -165,17 +165,8 @@ def _forged(python: str, bundle: Path, target: Path, payload: str) -> Path:
     entry["attributes"]["co_code_sha256"] = digest
     members[entry["marshal"]] = bytes.fromhex(marshalled)
     members["code.json"] = json.dumps(code).encode()
-    manifest = json.loads(members["manifest.json"])
-    for name in ("code.json", entry["marshal"]):
-        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    members["manifest.json"] = json.dumps(manifest).encode()
     members.pop(getattr(bundle_format, "SIGNATURE", "signature.json"), None)  # it signed the old manifest
-    with zipfile.ZipFile(target, "w") as archive:
-        archive.writestr("manifest.json", members.pop("manifest.json"))
-        for name, data in members.items():
-            archive.writestr(name, data)
-    assert bundle_format.verify(bundle_format.read_members(target)) == []
-    return target
+    return zen_testlib.write_rehashed_bundle(members, ("code.json", entry["marshal"]), target)
 
 
 def _run(python: str, bundle: Path, spec: Path, *args: str, env=None) -> subprocess.CompletedProcess:

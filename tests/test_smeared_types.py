@@ -25,13 +25,6 @@ import zen_testlib
 SMEARED_TYPES = ("PyTuple_Type", "PyCode_Type", "PyUnicode_Type")
 
 
-def _file_offset(elf, address):
-    for segment in elf.iter_segments():
-        if segment["p_type"] == "PT_LOAD" and segment["p_vaddr"] <= address < segment["p_vaddr"] + segment["p_filesz"]:
-            return segment["p_offset"] + address - segment["p_vaddr"]
-    raise AssertionError(f"0x{address:x} is not in the core's data")
-
-
 def _rows(args):
     result = zen_testlib.run_vol(["-r", "json"] + args)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -53,7 +46,7 @@ def test_smeared_builtin_type_objects(tmp_path):
         for symbol in SMEARED_TYPES:
             address, _size = python.runtime.image.lookup(symbol)
             for member in (off_name, off_flags):
-                f.seek(_file_offset(elf, address + member))
+                f.seek(zen_testlib.core_file_offset(elf, address + member))
                 f.write(b"\x5a\xa5\x3c\xc3\x96\x69\xf0\x0f")
 
     def code_rows(image):

@@ -121,3 +121,37 @@ def open_core(path):
     ctx.add_layer(layer)
     memory = ProcessMemory(layer.regions(), targets.layer_reader(ctx, layer.name), layer.pid, layer.process_name)
     return PythonProcess(memory), memory
+
+
+def core_file_offset(elf, address: int) -> int:
+    """The file offset of a virtual address in a process core (pyelftools ``ELFFile``), for tests that
+    smear a copy of a core at a known object."""
+    for segment in elf.iter_segments():
+        if segment["p_type"] == "PT_LOAD" and segment["p_vaddr"] <= address < segment["p_vaddr"] + segment["p_filesz"]:
+            return segment["p_offset"] + address - segment["p_vaddr"]
+    raise AssertionError(f"0x{address:x} is not in the core's data")
+
+
+def write_rehashed_bundle(members: Dict[str, bytes], changed, target, sign=None):
+    """Writes ``members`` as a bundle at ``target``, the manifest first, with the manifest entries of
+    the ``changed`` members re-hashed (a forger's consistent bundle) and ``sign(members)`` called on
+    the result if given; checks that it verifies.  ``members`` is updated in place."""
+    import hashlib
+    import json
+    import zipfile
+
+    from volatility3_zen.zenlib.bundle import format as bundle_format
+
+    manifest = json.loads(members["manifest.json"])
+    for name in changed:
+        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    if sign is not None:
+        sign(members)
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("manifest.json", members["manifest.json"])
+        for name, data in members.items():
+            if name != "manifest.json":
+                archive.writestr(name, data)
+    assert bundle_format.verify(bundle_format.read_members(target)) == []
+    return target
